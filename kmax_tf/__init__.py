@@ -1,0 +1,32 @@
+"""kmax_tf: kMaX-DeepLab (k-means Mask Transformer) for TensorFlow 2.
+
+Public API (imported lazily so that `import kmax_tf` stays cheap):
+  load_config(path, substitutions=None) -> ExperimentOptions
+  build_model(config) -> KMaXDeepLab (a built tf_keras model)
+  build_loss(config) -> callable(y_true, y_pred) -> dict of [B] losses
+  load_deeplab2_checkpoint(model, path)
+  Predictor
+"""
+
+from kmax_tf import keras_setup  # noqa: F401  (sets up Keras 2 first)
+
+__version__ = '0.1.0'
+
+_LAZY = {
+    'load_config': 'kmax_tf.config.loader',
+    'build_model': 'kmax_tf.model.builder',
+    'build_loss': 'kmax_tf.losses.builder',
+    'load_deeplab2_checkpoint': 'kmax_tf.model.checkpoint_loading',
+    'Predictor': 'kmax_tf.export.predictor',
+}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f'module kmax_tf has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))
