@@ -1,14 +1,18 @@
 """kmax_tf: kMaX-DeepLab (k-means Mask Transformer) for TensorFlow 2.
 
 Public API (imported lazily so that `import kmax_tf` stays cheap):
-  load_config(path, substitutions=None) -> ExperimentOptions
+  load_config(path, substitutions=None, overrides=()) -> ExperimentOptions
   build_model(config) -> KMaXDeepLab (a built tf_keras model)
   build_loss(config) -> callable(y_true, y_pred) -> dict of [B] losses
   load_deeplab2_checkpoint(model, path)
   Predictor
 """
 
-from kmax_tf import keras_setup  # noqa: F401  (sets up Keras 2 first)
+import os
+
+# Keras 2 semantics for code that reads `tf.keras`, if TensorFlow is not yet
+# imported; kmax_tf itself always uses tf_keras (see kmax_tf/keras_setup.py).
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 __version__ = '0.1.0'
 

@@ -1,0 +1,5 @@
+"""Experiment configs: DeepLab2-schema textprotos, loaded and validated."""
+
+from kmax_tf.config.loader import ConfigError, ExperimentOptions, load_config
+
+__all__ = ['ConfigError', 'ExperimentOptions', 'load_config']

@@ -1,0 +1,598 @@
+"""Shared machinery of the dataset converters (COCO, Cityscapes, ADE20K, generic, demo).
+
+The converters write DeepLab2's TFRecord format: one `tf.train.Example` per image with the
+feature keys of `kmax_tf.common.KEY_*`, sharded as `<split>-%05d-of-%05d.tfrecord`. This module
+holds what they share:
+
+* turning a COCO-panoptic segment-id map plus its `segments_info` into a DeepLab2 panoptic label
+  (`semantic * label_divisor + instance`, contiguous class ids, crowd handling as DeepLab2);
+* building the `tf.train.Example` (image bytes passed through unchanged when already RGB);
+* writing a split: a thread pool over images, a plain stderr progress bar, a shard count sized for
+  the data, atomic shard writes and a summary of what was written and skipped;
+* the command-line flags every converter shares.
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import glob
+import io
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from kmax_tf import common
+
+LABEL_FORMAT_RAW = 'raw'
+LABEL_FORMAT_PANOPTIC_PNG = 'panoptic_png'
+LABEL_FORMATS = (LABEL_FORMAT_RAW, LABEL_FORMAT_PANOPTIC_PNG)
+
+DEFAULT_TARGET_SHARD_MB = 128.0
+_SHARD_PATTERN = '%s-%05d-of-%05d.tfrecord'
+
+
+class ConversionError(ValueError):
+  """Bad converter input; the message names the offending file or field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels.
+
+
+@dataclasses.dataclass(frozen=True)
+class PanopticLabelSpec:
+  """How dataset segments become DeepLab2 panoptic ids.
+
+  Attributes:
+    category_to_class: original dataset category id -> contiguous class id (0 = void).
+    thing_class_ids: contiguous class ids that have instances.
+    label_divisor: panoptic id = class * label_divisor + instance.
+    ignore_label: class id written for unlabeled (and, if requested, crowd) pixels.
+    treat_crowd_as_ignore: crowd thing segments get `ignore_label` (DeepLab2's default); else
+      they keep their class with instance 0.
+    check_area: require each segment's pixel count to equal its `area` field (COCO and
+      Cityscapes JSONs are exact; DeepLab2 does not check ADE20K's).
+  """
+  category_to_class: Mapping[int, int]
+  thing_class_ids: frozenset
+  label_divisor: int
+  ignore_label: int
+  treat_crowd_as_ignore: bool = True
+  check_area: bool = True
+
+
+def read_segment_id_png(path: str) -> np.ndarray:
+  """Reads a COCO-panoptic PNG (id = R + 256 * G + 65536 * B).
+
+  Args:
+    path: the PNG file.
+
+  Returns:
+    segment ids: int32 [H, W].
+  """
+  if not os.path.isfile(path):
+    raise ConversionError(f'panoptic annotation PNG not found: {path}')
+  try:
+    with Image.open(path) as png:
+      if png.mode != 'RGB':
+        raise ConversionError(
+            f'panoptic annotation {path} must be an RGB PNG, got mode {png.mode!r}')
+      rgb = np.asarray(png, dtype=np.int32)
+  except (OSError, SyntaxError) as e:
+    raise ConversionError(f'cannot read panoptic annotation PNG {path}: {e}') from e
+  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def panoptic_from_segments(segment_ids: np.ndarray, segments: Sequence[Mapping[str, Any]],
+                           spec: PanopticLabelSpec, source: str) -> Tuple[np.ndarray, Dict[str, int]]:
+  """Builds a DeepLab2 panoptic label from a COCO-panoptic segment map.
+
+  Thing instances are numbered 1, 2, ... per class in the order of `segments` (DeepLab2's order);
+  pixels not covered by any listed segment are void (`ignore_label`, instance 0).
+
+  Args:
+    segment_ids: int32 [H, W], the decoded panoptic PNG.
+    segments: the annotation's `segments_info` (`id`, `category_id`, `iscrowd`, `area`).
+    spec: category mapping and label conventions.
+    source: file name used in error messages.
+
+  Returns:
+    (panoptic label int32 [H, W], counts dict with `segments`, `thing_instances`, `crowd_segments`).
+  """
+  semantic = np.full(segment_ids.shape, spec.ignore_label, dtype=np.int32)
+  instance = np.zeros(segment_ids.shape, dtype=np.int32)
+  instances_per_class = collections.Counter()
+  counts = collections.Counter()
+  for segment in segments:
+    for field in ('id', 'category_id'):
+      if field not in segment:
+        raise ConversionError(f'{source}: segment {segment} has no {field!r} field')
+    mask = segment_ids == segment['id']
+    if spec.check_area and 'area' in segment:
+      area = int(np.count_nonzero(mask))
+      if area != segment['area']:
+        raise ConversionError(
+            f'{source}: segment id {segment["id"]} has {area} pixels in the PNG but area '
+            f'{segment["area"]} in the JSON')
+    category_id = segment['category_id']
+    if category_id not in spec.category_to_class:
+      raise ConversionError(f'{source}: unknown category id {category_id} in segment '
+                            f'{segment["id"]}')
+    class_id = spec.category_to_class[category_id]
+    semantic[mask] = class_id
+    counts['segments'] += 1
+    is_crowd = bool(segment.get('iscrowd', 0))
+    if class_id in spec.thing_class_ids:
+      if is_crowd:
+        counts['crowd_segments'] += 1
+        if spec.treat_crowd_as_ignore:
+          semantic[mask] = spec.ignore_label
+        continue
+      instances_per_class[class_id] += 1
+      if instances_per_class[class_id] >= spec.label_divisor:
+        raise ConversionError(f'{source}: more than {spec.label_divisor - 1} instances of class '
+                              f'{class_id}; they do not fit under label divisor '
+                              f'{spec.label_divisor}')
+      instance[mask] = instances_per_class[class_id]
+      counts['thing_instances'] += 1
+    elif is_crowd:
+      raise ConversionError(f'{source}: stuff segment {segment["id"]} (category {category_id}) '
+                            'is marked iscrowd')
+  return semantic * spec.label_divisor + instance, dict(counts)
+
+
+def encode_panoptic_label(panoptic: np.ndarray, label_format: str, label_divisor: int) -> bytes:
+  """Encodes a panoptic label for the TFRecord with the shared label codec.
+
+  Args:
+    panoptic: int32 [H, W], `semantic * label_divisor + instance`.
+    label_format: 'raw' (DeepLab2's little-endian int32) or 'panoptic_png'.
+    label_divisor: the dataset's panoptic label divisor.
+
+  Returns:
+    the encoded bytes.
+  """
+  if label_format not in LABEL_FORMATS:
+    raise ConversionError(f'unknown label format {label_format!r}; expected one of '
+                          f'{LABEL_FORMATS}')
+  try:
+    from kmax_tf.data import label_codec  # The one codec, shared with the decoder.
+  except ImportError:
+    label_codec = None
+  if label_codec is None and label_format == LABEL_FORMAT_RAW:
+    # DeepLab2's raw format is the int32 buffer itself.
+    return np.ascontiguousarray(panoptic, dtype='<i4').tobytes()
+  if label_codec is None:
+    raise ConversionError(f'label format {label_format!r} needs kmax_tf.data.label_codec')
+  return label_codec.encode_label(np.asarray(panoptic, np.int32), label_format)
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples.
+
+
+def _bytes_feature(value):
+  import tensorflow as tf
+  if isinstance(value, str):
+    value = value.encode()
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64_feature(value: int):
+  import tensorflow as tf
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def read_image_file(path: str) -> bytes:
+  if not os.path.isfile(path):
+    raise ConversionError(f'image not found: {path}')
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+def image_size_and_rgb_bytes(image_bytes: bytes, image_format: str,
+                             source: str) -> Tuple[int, int, bytes]:
+  """Returns (height, width, bytes) with non-RGB images re-encoded as RGB, like DeepLab2.
+
+  No EXIF rotation is applied: TensorFlow's decoder ignores it, so sizes must be those of the
+  stored pixel grid.
+  """
+  try:
+    with Image.open(io.BytesIO(image_bytes)) as image:
+      image.load()
+      width, height = image.size
+      if image.mode != 'RGB':
+        buffer = io.BytesIO()
+        image.convert('RGB').save(buffer, format='JPEG' if image_format in ('jpg', 'jpeg')
+                                  else 'PNG')
+        image_bytes = buffer.getvalue()
+  except (OSError, SyntaxError) as e:
+    raise ConversionError(f'cannot decode image {source}: {e}') from e
+  return height, width, image_bytes
+
+
+def create_tf_example(image_bytes: bytes, image_format: str, filename: str,
+                      label_bytes: Optional[bytes] = None, label_format: Optional[str] = None,
+                      height: Optional[int] = None, width: Optional[int] = None):
+  """Builds one DeepLab2 `tf.train.Example`.
+
+  Args:
+    image_bytes: encoded RGB image ('jpeg' or 'png'), stored unchanged.
+    image_format: 'jpeg', 'jpg' or 'png'.
+    filename: stored as `image/filename` (DeepLab2 stores the file stem).
+    label_bytes: encoded label, or None for unlabeled splits.
+    label_format: 'raw' or 'panoptic_png' (None iff label_bytes is None).
+    height, width: image size; decoded from `image_bytes` when not given.
+
+  Returns:
+    tf.train.Example.
+  """
+  import tensorflow as tf
+  if image_format not in ('jpeg', 'jpg', 'png'):
+    raise ConversionError(f'{filename}: unsupported image format {image_format!r}')
+  if height is None or width is None:
+    height, width, image_bytes = image_size_and_rgb_bytes(image_bytes, image_format, filename)
+  feature = {
+      common.KEY_ENCODED_IMAGE: _bytes_feature(image_bytes),
+      common.KEY_IMAGE_FILENAME: _bytes_feature(filename),
+      common.KEY_IMAGE_FORMAT: _bytes_feature(image_format),
+      common.KEY_IMAGE_HEIGHT: _int64_feature(height),
+      common.KEY_IMAGE_WIDTH: _int64_feature(width),
+      common.KEY_IMAGE_CHANNELS: _int64_feature(3),
+  }
+  if label_bytes is not None:
+    if label_format not in LABEL_FORMATS:
+      raise ConversionError(f'{filename}: unsupported label format {label_format!r}')
+    if label_format == LABEL_FORMAT_RAW and len(label_bytes) != height * width * 4:
+      raise ConversionError(f'{filename}: raw label has {len(label_bytes)} bytes, expected '
+                            f'{height * width * 4} for a {height}x{width} int32 map')
+    feature[common.KEY_ENCODED_LABEL] = _bytes_feature(label_bytes)
+    feature[common.KEY_LABEL_FORMAT] = _bytes_feature(label_format)
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def panoptic_example(image_path: str, image_format: str, filename: str,
+                     panoptic_png_path: Optional[str], segments: Sequence[Mapping[str, Any]],
+                     spec: PanopticLabelSpec, label_format: str) -> Tuple[bytes, Dict[str, int]]:
+  """Reads one image + COCO-panoptic annotation and serializes its Example.
+
+  Args:
+    image_path: the image file.
+    image_format: 'jpeg' or 'png' (stored as `image/format`).
+    filename: stored name.
+    panoptic_png_path: the annotation PNG, or None for an unlabeled split.
+    segments: the annotation's `segments_info`.
+    spec: label conventions.
+    label_format: 'raw' or 'panoptic_png'.
+
+  Returns:
+    (serialized Example, counts).
+  """
+  height, width, image_bytes = image_size_and_rgb_bytes(
+      read_image_file(image_path), image_format, image_path)
+  if panoptic_png_path is None:
+    example = create_tf_example(image_bytes, image_format, filename, height=height, width=width)
+    return example.SerializeToString(), {}
+  segment_ids = read_segment_id_png(panoptic_png_path)
+  if segment_ids.shape != (height, width):
+    raise ConversionError(
+        f'label {panoptic_png_path} is {segment_ids.shape[0]}x{segment_ids.shape[1]} but image '
+        f'{image_path} is {height}x{width}')
+  panoptic, counts = panoptic_from_segments(segment_ids, segments, spec, panoptic_png_path)
+  label_bytes = encode_panoptic_label(panoptic, label_format, spec.label_divisor)
+  example = create_tf_example(image_bytes, image_format, filename, label_bytes, label_format,
+                              height=height, width=width)
+  return example.SerializeToString(), counts
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO-panoptic JSON.
+
+
+def load_panoptic_json(json_path: str) -> Dict[str, Any]:
+  if not os.path.isfile(json_path):
+    raise ConversionError(f'panoptic annotation JSON not found: {json_path}')
+  try:
+    with open(json_path) as f:
+      data = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConversionError(f'cannot read panoptic annotation JSON {json_path}: {e}') from e
+  if not isinstance(data, dict) or 'annotations' not in data:
+    raise ConversionError(f'{json_path} has no "annotations" list (not COCO-panoptic format)')
+  return data
+
+
+def annotations_by_key(data: Mapping[str, Any], json_path: str,
+                       key: str = 'file_stem') -> Dict[Any, Tuple[str, List[Any]]]:
+  """Maps each annotation to (PNG file name, segments_info).
+
+  Args:
+    data: the loaded COCO-panoptic JSON.
+    json_path: for error messages.
+    key: 'file_stem' (the PNG name without extension, as DeepLab2 matches COCO/ADE20K images) or
+      'image_id' (Cityscapes).
+
+  Returns:
+    dict key -> (annotation PNG file name, segments list).
+  """
+  result = {}
+  seen_image_ids = set()
+  for index, annotation in enumerate(data['annotations']):
+    for field in ('image_id', 'file_name', 'segments_info'):
+      if field not in annotation:
+        raise ConversionError(f'{json_path}: annotation #{index} has no {field!r} field')
+    image_id = annotation['image_id']
+    if image_id in seen_image_ids:
+      raise ConversionError(f'{json_path}: image id {image_id} is annotated twice')
+    seen_image_ids.add(image_id)
+    file_name = annotation['file_name']
+    lookup = os.path.splitext(file_name)[0] if key == 'file_stem' else image_id
+    result[lookup] = (file_name, annotation['segments_info'])
+  return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing splits.
+
+
+class ProgressBar:
+  """A dependency-free progress bar on stderr (redraws in place on a terminal)."""
+
+  def __init__(self, total: int, description: str, stream=None, enabled: bool = True):
+    self._total = max(total, 0)
+    self._description = description
+    self._stream = stream if stream is not None else sys.stderr
+    self._enabled = enabled
+    self._count = 0
+    self._start = time.monotonic()
+    self._last_draw = -1.0
+    self._last_fraction_reported = -1
+    self._is_tty = hasattr(self._stream, 'isatty') and self._stream.isatty()
+
+  def update(self, count: int = 1):
+    self._count += count
+    now = time.monotonic()
+    if self._is_tty:
+      if now - self._last_draw >= 0.2 or self._count >= self._total:
+        self._last_draw = now
+        self._draw(end='\r')
+    else:
+      # Logs get a line every 10 %.
+      decile = int(10 * self._count / self._total) if self._total else 10
+      if decile != self._last_fraction_reported:
+        self._last_fraction_reported = decile
+        self._draw(end='\n')
+
+  def _draw(self, end: str):
+    if not self._enabled:
+      return
+    elapsed = time.monotonic() - self._start
+    rate = self._count / elapsed if elapsed > 0 else 0.0
+    fraction = self._count / self._total if self._total else 1.0
+    width = 30
+    filled = int(round(width * fraction))
+    bar = '#' * filled + '.' * (width - filled)
+    self._stream.write(f'{self._description} [{bar}] {self._count}/{self._total} '
+                       f'({100 * fraction:5.1f}%) {rate:6.1f} img/s{end}')
+    self._stream.flush()
+
+  def close(self):
+    if self._enabled and self._is_tty:
+      self._draw(end='\n')
+
+
+@dataclasses.dataclass
+class SplitSummary:
+  """What a converter wrote for one split."""
+  split: str
+  num_examples: int = 0
+  num_shards: int = 0
+  num_bytes: int = 0
+  shard_paths: List[str] = dataclasses.field(default_factory=list)
+  counts: Dict[str, int] = dataclasses.field(default_factory=dict)
+  skipped: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+  seconds: float = 0.0
+
+  def format(self) -> str:
+    parts = [f'{self.split}: {self.num_examples} examples in {self.num_shards} shard(s), '
+             f'{self.num_bytes / 2**20:.1f} MiB, {self.seconds:.1f} s']
+    if self.counts:
+      parts.append(', '.join(f'{k}={v}' for k, v in sorted(self.counts.items())))
+    for reason, names in sorted(self.skipped.items()):
+      shown = ', '.join(names[:5]) + (' ...' if len(names) > 5 else '')
+      parts.append(f'SKIPPED {len(names)} ({reason}): {shown}')
+    return '; '.join(parts)
+
+
+def shard_path(output_dir: str, split: str, index: int, num_shards: int) -> str:
+  return os.path.join(output_dir, _SHARD_PATTERN % (split, index, num_shards))
+
+
+def existing_shards(output_dir: str, split: str) -> List[str]:
+  return sorted(glob.glob(os.path.join(glob.escape(output_dir),
+                                       f'{glob.escape(split)}-?????-of-?????.tfrecord')))
+
+
+def choose_num_shards(num_examples: int, bytes_per_example: float,
+                      target_shard_bytes: float) -> int:
+  """Shards of about `target_shard_bytes`, at least one example each."""
+  if num_examples <= 0:
+    return 1
+  wanted = int(math.ceil(num_examples * bytes_per_example / max(target_shard_bytes, 1.0)))
+  return max(1, min(wanted, num_examples))
+
+
+def _shard_bounds(num_examples: int, num_shards: int) -> List[Tuple[int, int]]:
+  # Even split, contiguous and in input order (shard sizes differ by at most one).
+  return [(i * num_examples // num_shards, (i + 1) * num_examples // num_shards)
+          for i in range(num_shards)]
+
+
+def write_split(split: str, jobs: Sequence[Any],
+                make_example: Callable[[Any], Tuple[bytes, Mapping[str, int]]],
+                output_dir: str, num_shards: Optional[int] = None, num_workers: int = 1,
+                target_shard_mb: float = DEFAULT_TARGET_SHARD_MB, overwrite: bool = False,
+                skipped: Optional[Mapping[str, List[str]]] = None,
+                progress: bool = True) -> SplitSummary:
+  """Serializes `jobs` with `make_example` in parallel and writes the shards of one split.
+
+  Records keep the order of `jobs`; shard i holds a contiguous slice. Each shard is written to a
+  temporary file and renamed into place, so readers never see a partial shard. Existing shards of
+  the split are an error unless `overwrite`; then they are replaced (stale ones deleted) only
+  after the new shards are complete.
+
+  Args:
+    split: split name used in shard names.
+    jobs: one item per image, passed to `make_example`.
+    make_example: job -> (serialized tf.train.Example, counts dict). Runs in worker threads.
+    output_dir: created if missing.
+    num_shards: shard count; by default sized to ~`target_shard_mb` per shard.
+    num_workers: worker threads.
+    target_shard_mb: target shard size in MiB for the default shard count.
+    overwrite: replace existing shards of this split.
+    skipped: reason -> names skipped on request, reported in the summary.
+    progress: draw a progress bar on stderr.
+
+  Returns:
+    SplitSummary.
+  """
+  import tensorflow as tf
+  start_time = time.monotonic()
+  os.makedirs(output_dir, exist_ok=True)
+  previous = existing_shards(output_dir, split)
+  if previous and not overwrite:
+    raise ConversionError(f'{output_dir} already has {len(previous)} shard(s) of split {split!r} '
+                          f'(e.g. {os.path.basename(previous[0])}); pass --overwrite to replace')
+  if num_shards is not None and num_shards < 1:
+    raise ConversionError(f'--num_shards must be >= 1, got {num_shards}')
+
+  summary = SplitSummary(split=split, skipped={k: list(v) for k, v in (skipped or {}).items()})
+  counts = collections.Counter()
+  jobs = list(jobs)
+  first_result = None
+  if num_shards is None:
+    if jobs:
+      first_result = make_example(jobs[0])
+      num_shards = choose_num_shards(len(jobs), len(first_result[0]) + 16,
+                                     target_shard_mb * 2**20)
+    else:
+      num_shards = 1
+  bar = ProgressBar(len(jobs), f'{split}', enabled=progress)
+  written_paths, temp_paths = [], []
+  try:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+      for shard_index, (begin, end) in enumerate(_shard_bounds(len(jobs), num_shards)):
+        final_path = shard_path(output_dir, split, shard_index, num_shards)
+        temp_path = os.path.join(output_dir, f'.{os.path.basename(final_path)}.tmp{os.getpid()}')
+        temp_paths.append(temp_path)
+        shard_jobs = jobs[begin:end]
+        if begin == 0 and first_result is not None and shard_jobs:
+          results = [first_result]
+          results_iter = pool.map(make_example, shard_jobs[1:])
+        else:
+          results = []
+          results_iter = pool.map(make_example, shard_jobs)
+        with tf.io.TFRecordWriter(temp_path) as writer:
+          for serialized, example_counts in _chain(results, results_iter):
+            writer.write(serialized)
+            counts.update(example_counts)
+            summary.num_examples += 1
+            bar.update()
+        written_paths.append((temp_path, final_path))
+    for temp_path, final_path in written_paths:
+      os.replace(temp_path, final_path)
+      summary.num_bytes += os.path.getsize(final_path)
+      summary.shard_paths.append(final_path)
+  finally:
+    bar.close()
+    for temp_path in temp_paths:
+      if os.path.exists(temp_path):
+        os.remove(temp_path)
+  for stale in previous:
+    if stale not in summary.shard_paths:
+      os.remove(stale)
+  summary.num_shards = num_shards
+  summary.counts = dict(counts)
+  summary.seconds = time.monotonic() - start_time
+  return summary
+
+
+def _chain(first: Iterable[Any], rest: Iterable[Any]):
+  yield from first
+  yield from rest
+
+
+def print_summary(summaries: Sequence[SplitSummary], output_dir: str, stream=None):
+  stream = stream if stream is not None else sys.stderr
+  stream.write(f'Wrote to {output_dir}:\n')
+  for summary in summaries:
+    stream.write('  ' + summary.format() + '\n')
+  stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def parse_bool(text: str) -> bool:
+  lowered = str(text).lower()
+  if lowered in ('1', 'true', 't', 'yes', 'y'):
+    return True
+  if lowered in ('0', 'false', 'f', 'no', 'n'):
+    return False
+  raise argparse.ArgumentTypeError(f'expected true/false, got {text!r}')
+
+
+def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str):
+  """Adds `--name[=true|false]` and absl's `--noname` spelling."""
+  parser.add_argument(f'--{name}', type=parse_bool, nargs='?', const=True, default=default,
+                      help=f'{help_text} (default {default})')
+  parser.add_argument(f'--no{name}', dest=name, action='store_false', help=argparse.SUPPRESS)
+
+
+def add_common_flags(parser: argparse.ArgumentParser, splits: Sequence[str]):
+  parser.add_argument('--output_dir', required=True,
+                      help='Directory for the <split>-%%05d-of-%%05d.tfrecord shards.')
+  parser.add_argument('--splits', default=','.join(splits),
+                      help=f'Comma-separated splits to convert (default {",".join(splits)}).')
+  parser.add_argument('--label_format', choices=LABEL_FORMATS, default=LABEL_FORMAT_RAW,
+                      help='raw: DeepLab2 int32 labels (default); panoptic_png: compact RGB PNG.')
+  parser.add_argument('--num_shards', type=int, default=None,
+                      help='Shards per split (default: about --target_shard_mb each).')
+  parser.add_argument('--target_shard_mb', type=float, default=DEFAULT_TARGET_SHARD_MB,
+                      help='Target shard size for the default shard count.')
+  parser.add_argument('--num_workers', type=int, default=min(8, os.cpu_count() or 1),
+                      help='Worker threads reading and encoding images.')
+  add_bool_flag(parser, 'treat_crowd_as_ignore', True,
+                'Label crowd thing segments as ignore, as DeepLab2 does')
+  add_bool_flag(parser, 'skip_missing', False,
+                'Skip (and report) images without annotation or annotation files; '
+                'otherwise they are an error')
+  add_bool_flag(parser, 'overwrite', False, 'Replace existing shards of the converted splits')
+  add_bool_flag(parser, 'progress', True, 'Draw a progress bar on stderr')
+
+
+def parse_splits(text: str, allowed: Sequence[str]) -> List[str]:
+  splits = [s.strip() for s in text.split(',') if s.strip()]
+  unknown = [s for s in splits if s not in allowed]
+  if unknown or not splits:
+    raise ConversionError(f'--splits: unknown split(s) {unknown}; choose from {list(allowed)}')
+  return splits
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], Any],
+            argv: Optional[Sequence[str]] = None) -> int:
+  """Runs a converter main; bad input ends with a one-line error instead of a traceback."""
+  try:
+    main(argv)
+  except ConversionError as e:
+    sys.stderr.write(f'error: {e}\n')
+    return 2
+  return 0
