@@ -8,7 +8,8 @@ from kmax_tf.data import dataset_descriptors
 from kmax_tf.protos import dataset_pb2
 
 
-@pytest.mark.parametrize('name, num_classes, ignore, divisor, things, slots, stride, semantic, keep', [
+@pytest.mark.parametrize(
+    'name, num_classes, ignore, divisor, things, slots, stride, semantic, keep', [
     ('coco_panoptic', 134, 0, 256, tuple(range(1, 81)), 128, 4, True, 0.8),
     ('cityscapes_panoptic', 19, 255, 1000, tuple(range(11, 19)), 256, 2, False, 0.8),
     ('ade20k_panoptic', 151, 0, 1000, None, 128, 4, True, 1.0),

@@ -105,5 +105,7 @@ def checkpoint_keys(path) -> Dict[str, Tuple[int, ...]]:
   for name, shape in tf.train.list_variables(str(path)):
     if name == '_CHECKPOINTABLE_OBJECT_GRAPH':
       continue
-    keys[name[:-len(_ATTRIBUTE_SUFFIX)] if name.endswith(_ATTRIBUTE_SUFFIX) else name] = tuple(shape)
+    if name.endswith(_ATTRIBUTE_SUFFIX):
+      name = name[:-len(_ATTRIBUTE_SUFFIX)]
+    keys[name] = tuple(shape)
   return keys
