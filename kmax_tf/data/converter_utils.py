@@ -26,13 +26,15 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from kmax_tf import common
+from kmax_tf.data import label_codec
 
-LABEL_FORMAT_RAW = 'raw'
-LABEL_FORMAT_PANOPTIC_PNG = 'panoptic_png'
-LABEL_FORMATS = (LABEL_FORMAT_RAW, LABEL_FORMAT_PANOPTIC_PNG)
+LABEL_FORMAT_RAW = label_codec.LABEL_FORMAT_RAW
+LABEL_FORMAT_PANOPTIC_PNG = label_codec.LABEL_FORMAT_PANOPTIC_PNG
+LABEL_FORMATS = label_codec.SUPPORTED_LABEL_FORMATS
 
 DEFAULT_TARGET_SHARD_MB = 128.0
 _SHARD_PATTERN = '%s-%05d-of-%05d.tfrecord'
@@ -68,6 +70,27 @@ class PanopticLabelSpec:
   check_area: bool = True
 
 
+def label_spec_from_descriptor(descriptor, treat_crowd_as_ignore: bool = True,
+                               check_area: bool = True) -> PanopticLabelSpec:
+  """The label spec of a registered dataset (a `dataset_descriptors.DatasetDescriptor`).
+
+  Category ids come from `descriptor.dataset_category_ids` (identity when None). The void class
+  maps from its dataset id only when that id is not 0 (ADE20K's 255), as 0 is never a real COCO
+  category.
+  """
+  category_ids = descriptor.dataset_category_ids or tuple(range(descriptor.num_classes))
+  category_to_class = {}
+  for class_id, category_id in enumerate(category_ids):
+    if class_id == descriptor.ignore_label and category_id == 0:
+      continue
+    category_to_class[category_id] = class_id
+  return PanopticLabelSpec(
+      category_to_class=category_to_class,
+      thing_class_ids=frozenset(descriptor.class_has_instances_list),
+      label_divisor=descriptor.panoptic_label_divisor, ignore_label=descriptor.ignore_label,
+      treat_crowd_as_ignore=treat_crowd_as_ignore, check_area=check_area)
+
+
 def read_segment_id_png(path: str) -> np.ndarray:
   """Reads a COCO-panoptic PNG (id = R + 256 * G + 65536 * B).
 
@@ -84,14 +107,15 @@ def read_segment_id_png(path: str) -> np.ndarray:
       if png.mode != 'RGB':
         raise ConversionError(
             f'panoptic annotation {path} must be an RGB PNG, got mode {png.mode!r}')
-      rgb = np.asarray(png, dtype=np.int32)
+      rgb = np.asarray(png)
   except (OSError, SyntaxError) as e:
     raise ConversionError(f'cannot read panoptic annotation PNG {path}: {e}') from e
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  return label_codec.rgb_to_ids(rgb)
 
 
-def panoptic_from_segments(segment_ids: np.ndarray, segments: Sequence[Mapping[str, Any]],
-                           spec: PanopticLabelSpec, source: str) -> Tuple[np.ndarray, Dict[str, int]]:
+def panoptic_from_segments(
+    segment_ids: np.ndarray, segments: Sequence[Mapping[str, Any]], spec: PanopticLabelSpec,
+    source: str) -> Tuple[np.ndarray, Dict[str, int]]:
   """Builds a DeepLab2 panoptic label from a COCO-panoptic segment map.
 
   Thing instances are numbered 1, 2, ... per class in the order of `segments` (DeepLab2's order);
@@ -162,15 +186,9 @@ def encode_panoptic_label(panoptic: np.ndarray, label_format: str, label_divisor
   if label_format not in LABEL_FORMATS:
     raise ConversionError(f'unknown label format {label_format!r}; expected one of '
                           f'{LABEL_FORMATS}')
-  try:
-    from kmax_tf.data import label_codec  # The one codec, shared with the decoder.
-  except ImportError:
-    label_codec = None
-  if label_codec is None and label_format == LABEL_FORMAT_RAW:
-    # DeepLab2's raw format is the int32 buffer itself.
-    return np.ascontiguousarray(panoptic, dtype='<i4').tobytes()
-  if label_codec is None:
-    raise ConversionError(f'label format {label_format!r} needs kmax_tf.data.label_codec')
+  if panoptic.size and panoptic.max() >= 2**24 and label_format == LABEL_FORMAT_PANOPTIC_PNG:
+    raise ConversionError(f'panoptic id {panoptic.max()} (label divisor {label_divisor}) does '
+                          'not fit a panoptic PNG; use --label_format=raw')
   return label_codec.encode_label(np.asarray(panoptic, np.int32), label_format)
 
 
@@ -179,14 +197,12 @@ def encode_panoptic_label(panoptic: np.ndarray, label_format: str, label_divisor
 
 
 def _bytes_feature(value):
-  import tensorflow as tf
   if isinstance(value, str):
     value = value.encode()
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
 def _int64_feature(value: int):
-  import tensorflow as tf
   return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
@@ -234,7 +250,6 @@ def create_tf_example(image_bytes: bytes, image_format: str, filename: str,
   Returns:
     tf.train.Example.
   """
-  import tensorflow as tf
   if image_format not in ('jpeg', 'jpg', 'png'):
     raise ConversionError(f'{filename}: unsupported image format {image_format!r}')
   if height is None or width is None:
@@ -338,6 +353,61 @@ def annotations_by_key(data: Mapping[str, Any], json_path: str,
   return result
 
 
+def pair_images_with_annotations(
+    images: Sequence[Tuple[str, str]], annotations: Optional[Mapping[Any, Tuple[str, Any]]],
+    panoptic_dir: str, skip_missing: bool) -> Tuple[List[Tuple], Dict[str, List[str]]]:
+  """Pairs images with their annotation; returns (jobs, skipped).
+
+  A job is (image path, stored name, annotation PNG path or None, segments). Images without an
+  annotation entry or PNG, and annotations without an image, are errors unless `skip_missing`,
+  which skips and reports them instead.
+
+  Args:
+    images: (image path, key) in output order; the key looks up `annotations` and is the stored
+      file name.
+    annotations: key -> (PNG file name, segments), or None for an unlabeled split.
+    panoptic_dir: folder of the annotation PNGs.
+    skip_missing: skip and report instead of failing.
+  """
+  jobs, skipped = [], {}
+  keys = set()
+  for image_path, key in images:
+    keys.add(key)
+    if annotations is None:
+      jobs.append((image_path, key, None, ()))
+      continue
+    if key not in annotations:
+      if skip_missing:
+        skipped.setdefault('no annotation in JSON', []).append(image_path)
+        continue
+      raise ConversionError(
+          f'image {image_path} has no annotation in the panoptic JSON (use --skip_missing to skip)')
+    png_name, segments = annotations[key]
+    png_path = os.path.join(panoptic_dir, png_name)
+    if not os.path.isfile(png_path):
+      if skip_missing:
+        skipped.setdefault('annotation PNG missing', []).append(png_path)
+        continue
+      raise ConversionError(
+          f'panoptic annotation PNG not found: {png_path} (for image {image_path}; use '
+          '--skip_missing to skip)')
+    jobs.append((image_path, key, png_path, segments))
+  if annotations is not None:
+    orphans = sorted(str(k) for k in set(annotations) - keys)
+    if orphans:
+      if not skip_missing:
+        raise ConversionError(f'{len(orphans)} annotation(s) have no image, e.g. {orphans[0]} '
+                              '(use --skip_missing to skip)')
+      skipped['image missing'] = orphans
+  return jobs, skipped
+
+
+def example_from_job(job, spec: PanopticLabelSpec, label_format: str, image_format: str):
+  """`panoptic_example` for a job of `pair_images_with_annotations`."""
+  image_path, name, png_path, segments = job
+  return panoptic_example(image_path, image_format, name, png_path, segments, spec, label_format)
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing splits.
 
@@ -398,6 +468,7 @@ class SplitSummary:
   shard_paths: List[str] = dataclasses.field(default_factory=list)
   counts: Dict[str, int] = dataclasses.field(default_factory=dict)
   skipped: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+  notes: List[str] = dataclasses.field(default_factory=list)
   seconds: float = 0.0
 
   def format(self) -> str:
@@ -408,6 +479,7 @@ class SplitSummary:
     for reason, names in sorted(self.skipped.items()):
       shown = ', '.join(names[:5]) + (' ...' if len(names) > 5 else '')
       parts.append(f'SKIPPED {len(names)} ({reason}): {shown}')
+    parts += [f'note: {note}' for note in self.notes]
     return '; '.join(parts)
 
 
@@ -463,7 +535,6 @@ def write_split(split: str, jobs: Sequence[Any],
   Returns:
     SplitSummary.
   """
-  import tensorflow as tf
   start_time = time.monotonic()
   os.makedirs(output_dir, exist_ok=True)
   previous = existing_shards(output_dir, split)
@@ -557,11 +628,13 @@ def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, hel
   parser.add_argument(f'--no{name}', dest=name, action='store_false', help=argparse.SUPPRESS)
 
 
-def add_common_flags(parser: argparse.ArgumentParser, splits: Sequence[str]):
+def add_common_flags(parser: argparse.ArgumentParser, splits: Optional[Sequence[str]]):
+  """Adds the flags all converters share; `--splits` only when `splits` is given."""
   parser.add_argument('--output_dir', required=True,
                       help='Directory for the <split>-%%05d-of-%%05d.tfrecord shards.')
-  parser.add_argument('--splits', default=','.join(splits),
-                      help=f'Comma-separated splits to convert (default {",".join(splits)}).')
+  if splits:
+    parser.add_argument('--splits', default=','.join(splits),
+                        help=f'Comma-separated splits to convert (default {",".join(splits)}).')
   parser.add_argument('--label_format', choices=LABEL_FORMATS, default=LABEL_FORMAT_RAW,
                       help='raw: DeepLab2 int32 labels (default); panoptic_png: compact RGB PNG.')
   parser.add_argument('--num_shards', type=int, default=None,
