@@ -67,3 +67,11 @@ CKPT_TRANSFORMER_MASK_HEAD = 'transformer_mask_head'
 CKPT_TRANSFORMER_CLASS_HEAD = 'transformer_class_head'
 CKPT_PIXEL_SPACE_FEATURE_BATCH_NORM = 'pixel_space_feature_batch_norm'
 CKPT_PIXEL_SPACE_MASK_BATCH_NORM = 'pixel_space_mask_batch_norm'
+
+# Pixel encoder / pixel decoder endpoints (DeepLab2's names). Stage k has stride
+# 2**k; `stage{k}` is not activated, `res{k}` is its activation.
+ENCODER_STAGE_KEY = 'stage{}'
+ENCODER_ACTIVATED_STAGE_KEY = 'res{}'
+BACKBONE_OUTPUT_KEY = 'backbone_output'
+DECODER_STAGE_KEY = 'decoder_stage{}'
+DECODER_OUTPUT_KEY = 'decoder_output'

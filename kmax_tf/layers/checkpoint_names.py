@@ -12,6 +12,7 @@ they are attached here, so the resulting checkpoint paths stay documented:
   ResizedFuse:  <fuse>/_strided_conv_bn{i}/...    input i fused by a stride-2 conv
                 <fuse>/_resized_conv_bn{i}/...    input i fused by 1x1 conv + resize
   StackedConv2DSame: <stack>/_conv{i}[_bn][_act]/...
+  AxialResNet:  encoder/_stage{k}/...             ResNet stage k = 2..5
 """
 
 from typing import Optional

@@ -29,7 +29,9 @@ def _padding_for(kernel_size: int, atrous_rate: int) -> Tuple[int, int]:
 
 
 def _is_unit_stride(strides) -> bool:
-  return strides == 1 or tuple(strides) == (1, 1) if not isinstance(strides, int) else strides == 1
+  if isinstance(strides, int):
+    return strides == 1
+  return tuple(strides) == (1, 1)
 
 
 def kernel_regularizer(weight_decay: float):

@@ -5,7 +5,8 @@ from typing import Sequence
 import tensorflow as tf
 
 
-def resize_bilinear(images: tf.Tensor, size: Sequence[int], align_corners: bool = True) -> tf.Tensor:
+def resize_bilinear(images: tf.Tensor, size: Sequence[int],
+                    align_corners: bool = True) -> tf.Tensor:
   """Bilinear resize of [B, H, W, C] images to [B, size[0], size[1], C].
 
   Same values as `tf.compat.v1.image.resize_bilinear`. For C <= 32 with
