@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from kmax_tf.keras_setup import keras
+from kmax_tf.layers import drop_path
 
 # Variant -> (blocks per stage, channels per stage).
 CONVNEXT_VARIANTS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
@@ -60,8 +61,6 @@ def _layer_norm() -> keras.layers.LayerNormalization:
 def _drop_path_or_identity(keep_prob: float) -> keras.layers.Layer:
   """A drop-path layer, or a weightless identity when nothing is dropped."""
   if keep_prob < 1.0:
-    # Imported lazily: the layer lives in kmax_tf.layers (engineer A's module).
-    from kmax_tf.layers import drop_path  # pylint: disable=g-import-not-at-top
     return drop_path.DropPath(keep_prob)
   return keras.layers.Activation('linear')
 
@@ -228,9 +227,7 @@ def build_convnext_encoder(variant: str, *,
   if pretrained_weights_path:
     if input_shape is None:
       raise ValueError('pretrained_weights_path needs input_shape, to build the encoder first.')
-    # Imported here: checkpoint_loading imports model code only lazily, but keep
-    # the encoder importable on its own.
-    from kmax_tf.model import checkpoint_loading  # pylint: disable=g-import-not-at-top
+    from kmax_tf.model import checkpoint_loading  # noqa: PLC0415  (avoids an import cycle)
     checkpoint_loading.load_deeplab2_checkpoint(
         {'encoder': encoder}, pretrained_weights_path, kind='pretrained_weights')
   return encoder
