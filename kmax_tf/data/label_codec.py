@@ -153,16 +153,21 @@ def decode_label_tf(encoded: tf.Tensor, label_format: tf.Tensor, height: tf.Tens
        f'(expected one of {SUPPORTED_LABEL_FORMATS})'])
 
   def decode_raw_branch():
-    flat = tf.io.decode_raw(encoded, out_type=tf.int32, little_endian=True)
+    num_bytes = tf.strings.length(encoded)
     size_check = tf.debugging.Assert(
-        tf.equal(tf.size(flat), height * width),
-        ['Raw label of record', context, 'holds', tf.size(flat), 'ids but the image is',
-         height, 'x', width])
+        tf.equal(num_bytes, height * width * 4),
+        ['Raw label of record', context, 'has', num_bytes, 'bytes but the image is', height,
+         'x', width, '(4 bytes per int32 id expected)'])
     with tf.control_dependencies([size_check]):
+      flat = tf.io.decode_raw(encoded, out_type=tf.int32, little_endian=True)
       return tf.reshape(flat, tf.stack([height, width, 1]))
 
   def decode_png_branch():
-    rgb = tf.cast(tf.io.decode_png(encoded, channels=3, dtype=tf.uint8), tf.int32)
+    signature_check = tf.debugging.Assert(
+        tf.equal(tf.strings.substr(encoded, 0, 8), b'\x89PNG\r\n\x1a\n'),
+        ['panoptic_png label of record', context, 'is not a PNG'])
+    with tf.control_dependencies([signature_check]):
+      rgb = tf.cast(tf.io.decode_png(encoded, channels=3, dtype=tf.uint8), tf.int32)
     shape = tf.shape(rgb)
     size_check = tf.debugging.Assert(
         tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width)),

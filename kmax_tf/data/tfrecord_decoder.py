@@ -14,7 +14,9 @@ size or from the label size, unknown label format, panoptic ids whose class is
 not in the dataset.
 """
 
-from typing import Optional
+import os
+import tempfile
+from typing import Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -85,6 +87,36 @@ def make_tf_example(image_data: bytes,
         label_codec.encode_label(panoptic, label_format))
     features[common.KEY_LABEL_FORMAT] = _bytes_feature(label_format)
   return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def write_tfrecord(path: str, examples: Iterable[tf.train.Example],
+                   overwrite: bool = False) -> int:
+  """Writes examples to a TFRecord file atomically (temp file + rename).
+
+  Returns:
+    The number of records written.
+
+  Raises:
+    FileExistsError: `path` exists and overwrite is False.
+  """
+  path = os.fspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f'{path} exists; pass overwrite=True to replace it.')
+  directory = os.path.dirname(os.path.abspath(path))
+  handle, temp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.tfrecord')
+  os.close(handle)
+  count = 0
+  try:
+    with tf.io.TFRecordWriter(temp_path) as writer:
+      for example in examples:
+        writer.write(example.SerializeToString())
+        count += 1
+    os.replace(temp_path, path)
+  except BaseException:
+    if os.path.exists(temp_path):
+      os.remove(temp_path)
+    raise
+  return count
 
 
 def _ends_with_marker(encoded: tf.Tensor, marker: bytes) -> tf.Tensor:
@@ -213,8 +245,8 @@ class TFRecordDecoder:
     known = tf.logical_or(semantic < self._descriptor.num_classes,
                           tf.equal(semantic, self._descriptor.ignore_label))
     known = tf.logical_and(known, label >= 0)
-    first_bad = tf.gather(tf.reshape(label, [-1]),
-                          tf.argmin(tf.cast(tf.reshape(known, [-1]), tf.int32)))
+    bad_ids = tf.boolean_mask(tf.reshape(label, [-1]), tf.logical_not(tf.reshape(known, [-1])))
+    first_bad = tf.concat([bad_ids[:1], [-1]], axis=0)[0]
     check = tf.debugging.Assert(
         tf.reduce_all(known),
         ['Panoptic id', first_bad, 'of record', context, 'has a class outside [0,',
