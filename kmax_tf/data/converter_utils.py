@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kmax_tf import common
 from kmax_tf.data import label_codec
+from kmax_tf.data import tfrecord_decoder
 
 LABEL_FORMAT_RAW = label_codec.LABEL_FORMAT_RAW
 LABEL_FORMAT_PANOPTIC_PNG = label_codec.LABEL_FORMAT_PANOPTIC_PNG
@@ -196,16 +196,6 @@ def encode_panoptic_label(panoptic: np.ndarray, label_format: str, label_divisor
 # Examples.
 
 
-def _bytes_feature(value):
-  if isinstance(value, str):
-    value = value.encode()
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int64_feature(value: int):
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
 def read_image_file(path: str) -> bytes:
   if not os.path.isfile(path):
     raise ConversionError(f'image not found: {path}')
@@ -254,23 +244,14 @@ def create_tf_example(image_bytes: bytes, image_format: str, filename: str,
     raise ConversionError(f'{filename}: unsupported image format {image_format!r}')
   if height is None or width is None:
     height, width, image_bytes = image_size_and_rgb_bytes(image_bytes, image_format, filename)
-  feature = {
-      common.KEY_ENCODED_IMAGE: _bytes_feature(image_bytes),
-      common.KEY_IMAGE_FILENAME: _bytes_feature(filename),
-      common.KEY_IMAGE_FORMAT: _bytes_feature(image_format),
-      common.KEY_IMAGE_HEIGHT: _int64_feature(height),
-      common.KEY_IMAGE_WIDTH: _int64_feature(width),
-      common.KEY_IMAGE_CHANNELS: _int64_feature(3),
-  }
   if label_bytes is not None:
     if label_format not in LABEL_FORMATS:
       raise ConversionError(f'{filename}: unsupported label format {label_format!r}')
     if label_format == LABEL_FORMAT_RAW and len(label_bytes) != height * width * 4:
       raise ConversionError(f'{filename}: raw label has {len(label_bytes)} bytes, expected '
                             f'{height * width * 4} for a {height}x{width} int32 map')
-    feature[common.KEY_ENCODED_LABEL] = _bytes_feature(label_bytes)
-    feature[common.KEY_LABEL_FORMAT] = _bytes_feature(label_format)
-  return tf.train.Example(features=tf.train.Features(feature=feature))
+  return tfrecord_decoder.example_from_encoded(image_bytes, image_format, filename, height,
+                                               width, label_bytes, label_format)
 
 
 def panoptic_example(image_path: str, image_format: str, filename: str,

@@ -46,23 +46,21 @@ def _int64_feature(value: int) -> tf.train.Feature:
   return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
-def make_tf_example(image_data: bytes,
-                    image_format: str,
-                    filename: str,
-                    height: int,
-                    width: int,
-                    panoptic: Optional[np.ndarray] = None,
-                    label_format: str = label_codec.LABEL_FORMAT_RAW) -> tf.train.Example:
-  """Builds a DeepLab2-format tf.Example.
+def example_from_encoded(image_data: bytes, image_format: str, filename: str, height: int,
+                         width: int, label_data: Optional[bytes] = None,
+                         label_format: Optional[str] = None) -> tf.train.Example:
+  """Builds a DeepLab2-format tf.Example from already encoded image and label.
+
+  This is the one place that writes DeepLab2's feature keys.
 
   Args:
-    image_data: encoded RGB image bytes (JPEG or PNG).
+    image_data: encoded RGB image bytes (JPEG or PNG), stored unchanged.
     image_format: 'jpeg', 'jpg' or 'png'.
     filename: image name without directory/extension (DeepLab2 uses the stem).
     height: image height in pixels.
     width: image width in pixels.
-    panoptic: optional integer [height, width] ids, semantic * divisor + instance.
-    label_format: 'raw' (DeepLab2) or 'panoptic_png'.
+    label_data: encoded panoptic label (see label_codec), or None if unlabeled.
+    label_format: its format, 'raw' (DeepLab2) or 'panoptic_png'.
 
   Returns:
     The tf.train.Example.
@@ -78,15 +76,41 @@ def make_tf_example(image_data: bytes,
       common.KEY_IMAGE_WIDTH: _int64_feature(width),
       common.KEY_IMAGE_CHANNELS: _int64_feature(3),
   }
+  if label_data is not None:
+    if label_format not in label_codec.SUPPORTED_LABEL_FORMATS:
+      raise ValueError(f'{filename}: unsupported label format {label_format!r}; expected one of '
+                       f'{label_codec.SUPPORTED_LABEL_FORMATS}.')
+    features[common.KEY_ENCODED_LABEL] = _bytes_feature(label_data)
+    features[common.KEY_LABEL_FORMAT] = _bytes_feature(label_format)
+  return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def make_tf_example(image_data: bytes,
+                    image_format: str,
+                    filename: str,
+                    height: int,
+                    width: int,
+                    panoptic: Optional[np.ndarray] = None,
+                    label_format: str = label_codec.LABEL_FORMAT_RAW) -> tf.train.Example:
+  """Builds a DeepLab2-format tf.Example, encoding the panoptic label.
+
+  Args:
+    image_data, image_format, filename, height, width: see `example_from_encoded`.
+    panoptic: optional integer [height, width] ids, semantic * divisor + instance.
+    label_format: 'raw' (DeepLab2) or 'panoptic_png'.
+
+  Returns:
+    The tf.train.Example.
+  """
+  label_data = None
   if panoptic is not None:
     panoptic = np.asarray(panoptic)
     if panoptic.shape[:2] != (height, width):
       raise ValueError(f'{filename}: label is {panoptic.shape[0]}x{panoptic.shape[1]} but the '
                        f'image is {height}x{width}.')
-    features[common.KEY_ENCODED_LABEL] = _bytes_feature(
-        label_codec.encode_label(panoptic, label_format))
-    features[common.KEY_LABEL_FORMAT] = _bytes_feature(label_format)
-  return tf.train.Example(features=tf.train.Features(feature=features))
+    label_data = label_codec.encode_label(panoptic, label_format)
+  return example_from_encoded(image_data, image_format, filename, height, width, label_data,
+                              label_format)
 
 
 def write_tfrecord(path: str, examples: Iterable[tf.train.Example],
