@@ -96,3 +96,8 @@ def test_other_meta_architecture_rejected(tmp_path):
   path.write_text('model_options { deeplab_v3 { num_classes: 3 } }\n')
   with pytest.raises(loader.ConfigError, match='deeplab_v3'):
     kmax_tf.load_config(path)
+
+
+def test_backbone_list_matches_the_model_builders():
+  from kmax_tf.model import builder
+  assert set(validation.KMAX_BACKBONES) == set(builder.PIXEL_ENCODER_BUILDERS)
