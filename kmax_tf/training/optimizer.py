@@ -101,9 +101,12 @@ def uses_backbone_optimizer(solver_options) -> bool:
   return solver_options.HasField('backbone_learning_rate_multiplier')
 
 
-def split_backbone(grads_and_vars: Iterable[Tuple[tf.Tensor, tf.Variable]],
+GradientAndVariable = Tuple[tf.Tensor, tf.Variable]
+
+
+def split_backbone(grads_and_vars: Iterable[GradientAndVariable],
                    backbone_variables: Sequence[tf.Variable]
-                   ) -> Tuple[List[Tuple[tf.Tensor, tf.Variable]], List[Tuple[tf.Tensor, tf.Variable]]]:
+                   ) -> Tuple[List[GradientAndVariable], List[GradientAndVariable]]:
   """Splits (gradient, variable) pairs into (others, backbone).
 
   Args:

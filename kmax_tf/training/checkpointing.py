@@ -1,0 +1,146 @@
+"""Training checkpoints: DeepLab2's object graph plus the input position.
+
+The root object holds `global_step`, the model's `checkpoint_items` (encoder,
+heads, ...), `optimizer` and, with a backbone learning-rate multiplier,
+`backbone_optimizer` (DeepLab2's keys), and optionally `train_iterator` (the
+tf.data position, so a restarted run continues with the next unseen batch) and
+`loss_scale` (mixed_float16). TF writes checkpoints atomically (temporary files
+renamed on completion) and the `checkpoint` index file last.
+"""
+
+import os
+import shutil
+from typing import Callable, Mapping, Optional
+
+import tensorflow as tf
+from absl import logging
+
+from kmax_tf import common
+
+INPUT_ITERATOR_KEY = 'train_iterator'
+LOSS_SCALE_KEY = 'loss_scale'
+_MODEL_DIR_CHECKPOINT_NAME = 'ckpt'
+
+
+def training_checkpoint_items(global_step: tf.Variable, model_items: Mapping[str, object],
+                              trainer=None, include_input_iterator: bool = True) -> dict:
+  """The dict for `tf.train.Checkpoint(**items)`; see the module docstring."""
+  items = dict(global_step=global_step)
+  items.update(model_items)
+  if trainer is not None:
+    items['optimizer'] = trainer.optimizer
+    if trainer.backbone_optimizer is not None:
+      items['backbone_optimizer'] = trainer.backbone_optimizer
+    scaled = trainer.loss_scale_optimizers
+    if scaled:
+      items[LOSS_SCALE_KEY] = tf.train.Checkpoint(**{f'optimizer_{i}': o
+                                                     for i, o in enumerate(scaled)})
+    if include_input_iterator and trainer.train_iterator is not None:
+      items[INPUT_ITERATOR_KEY] = trainer.train_iterator
+  return items
+
+
+def initial_checkpoint_items(model_items: Mapping[str, object], model_options) -> dict:
+  """Items restored from `initial_checkpoint` (DeepLab2: the last layers are optional)."""
+  items = dict(model_items)
+  if not model_options.restore_semantic_last_layer_from_initial_checkpoint:
+    items.pop(common.CKPT_SEMANTIC_LAST_LAYER, None)
+  return items
+
+
+def resolve_checkpoint_path(path: str) -> str:
+  """A checkpoint prefix from a prefix or a directory; clear error if none."""
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise ValueError(f'initial_checkpoint directory {path!r} holds no checkpoint.')
+    return latest
+  if not tf.io.gfile.exists(path + '.index'):
+    raise ValueError(f'initial_checkpoint {path!r} not found (no {path}.index).')
+  return path
+
+
+def make_initial_checkpoint_fn(path: str, model, model_items, model_options) -> Callable[[], None]:
+  """Returns `init_fn` that loads `initial_checkpoint` into a fresh model.
+
+  Uses `kmax_tf.model.checkpoint_loading.load_deeplab2_checkpoint` when present
+  (it knows DeepLab2's layouts); otherwise reads the checkpoint items directly
+  and requires a nontrivial match.
+  """
+  if not path:
+    return lambda: None
+
+  def init_fn():
+    resolved = resolve_checkpoint_path(path)
+    logging.info('Initializing from initial_checkpoint %s', resolved)
+    try:
+      from kmax_tf.model import checkpoint_loading  # noqa: PLC0415  (optional dependency)
+    except ImportError:
+      checkpoint_loading = None
+    if checkpoint_loading is not None and hasattr(checkpoint_loading, 'load_deeplab2_checkpoint'):
+      checkpoint_loading.load_deeplab2_checkpoint(
+          model, resolved, skip_semantic_last_layer=not (
+              model_options.restore_semantic_last_layer_from_initial_checkpoint))
+      return
+    items = initial_checkpoint_items(model_items, model_options)
+    status = tf.train.Checkpoint(**items).read(resolved)
+    status.expect_partial().assert_nontrivial_match()
+
+  return init_fn
+
+
+def writer_directory(model_dir: str, chief: bool, worker: str) -> str:
+  """Where this worker writes: model_dir for the chief, a scratch dir otherwise.
+
+  MultiWorkerMirroredStrategy needs every worker to take part in saving; only
+  the chief's copy is kept.
+  """
+  if chief:
+    return model_dir
+  scratch = os.path.join(model_dir, f'.{worker}_scratch')
+  shutil.rmtree(scratch, ignore_errors=True)
+  return scratch
+
+
+def build_checkpoint_manager(checkpoint: tf.train.Checkpoint, directory: str, global_step,
+                             trainer_options, init_fn: Optional[Callable[[], None]] = None
+                             ) -> tf.train.CheckpointManager:
+  """CheckpointManager keeping `num_checkpoints_to_keep`, every `save_checkpoints_steps`."""
+  return tf.train.CheckpointManager(
+      checkpoint, directory=directory,
+      max_to_keep=trainer_options.num_checkpoints_to_keep,
+      step_counter=global_step,
+      checkpoint_interval=trainer_options.save_checkpoints_steps,
+      checkpoint_name=_MODEL_DIR_CHECKPOINT_NAME,
+      init_fn=init_fn)
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> Optional[str]:
+  """Restores the newest checkpoint of `model_dir` into `checkpoint`; returns its path."""
+  latest = tf.train.latest_checkpoint(model_dir)
+  if latest is not None:
+    checkpoint.restore(latest).expect_partial()
+  return latest
+
+
+def restore_input_position(items: Mapping[str, object], model_dir: str) -> bool:
+  """Restores the input iterator from the newest checkpoint, if both exist.
+
+  Returns False (after a warning) when the saved input state does not fit
+  the current input pipeline (e.g. a changed pipeline definition); training
+  then continues with a fresh input stream and the checkpoint's step, model and
+  optimizer state. True otherwise.
+  """
+  iterator = items.get(INPUT_ITERATOR_KEY)
+  latest = tf.train.latest_checkpoint(model_dir)
+  if iterator is None or latest is None:
+    return True
+  try:
+    tf.train.Checkpoint(**{INPUT_ITERATOR_KEY: iterator}).read(latest).expect_partial()
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+          tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as error:
+    logging.warning('The input position saved in %s cannot be restored into this input '
+                    'pipeline (%s). Resuming at its step with a fresh input stream.',
+                    latest, str(error).splitlines()[0][:300])
+    return False
+  return True

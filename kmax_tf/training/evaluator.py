@@ -1,0 +1,140 @@
+"""Orbit evaluator: panoptic quality, mIoU and prediction pictures.
+
+Per evaluation sample (batch 1 per replica, as DeepLab2) the model runs with
+`training=False`; its panoptic / semantic predictions at the padded eval crop
+are cropped to the resized image and resized (nearest, align corners) to the
+original label size, then compared with the raw labels (DeepLab2's
+`undo_preprocessing`). The first `num_vis_samples` (at most MAX_VIS_SAMPLES)
+samples are drawn as image | ground truth | prediction rows into
+`<model_dir>/vis/predictions_step<step>.png` and TensorBoard.
+"""
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import orbit
+import tensorflow as tf
+from absl import logging
+
+from kmax_tf import common
+from kmax_tf.training import visualization
+
+MAX_VIS_SAMPLES = 4
+_VIS_KEY = 'visualization'
+
+
+def undo_preprocessing(label_map: tf.Tensor, resized_size, raw_size) -> tf.Tensor:
+  """int [B, H, W] at the padded crop -> int [B, raw_h, raw_w] (nearest, align corners)."""
+  cropped = label_map[:, :resized_size[0], :resized_size[1]]
+  resized = tf.compat.v1.image.resize(cropped[..., None], raw_size,
+                                      method=tf.image.ResizeMethod.NEAREST_NEIGHBOR,
+                                      align_corners=True)
+  return tf.cast(resized[..., 0], label_map.dtype)
+
+
+def undo_image_preprocessing(image: tf.Tensor, resized_size, raw_size) -> tf.Tensor:
+  cropped = image[:, :resized_size[0], :resized_size[1]]
+  return tf.compat.v1.image.resize(cropped, raw_size, method=tf.image.ResizeMethod.BILINEAR,
+                                   align_corners=True)
+
+
+class Evaluator(orbit.StandardEvaluator):
+  """DeepLab2-style evaluator (construct inside `strategy.scope()`)."""
+
+  def __init__(self, config, model, global_step: tf.Variable, model_dir: str,
+               eval_dataset, descriptor=None):
+    """Initializes the evaluator.
+
+    Args:
+      config: `config_pb2.ExperimentOptions` (evaluator_options,
+        eval_dataset_options).
+      model: keras model; `model(images, training=False)` returns a dict with
+        `common.PRED_PANOPTIC_KEY` and `common.PRED_SEMANTIC_KEY` int [B, H, W].
+      global_step: the training step variable (names the picture).
+      model_dir: experiment directory; pictures go to `<model_dir>/vis`.
+      eval_dataset: batched evaluation dataset (keys of the evaluation sample
+        generator: image, resized_image, size_raw, panoptic_raw, semantic_raw,
+        is_crowd_raw).
+      descriptor: DatasetDescriptor; default from eval_dataset_options.
+    """
+    from kmax_tf.evaluation import mean_iou, panoptic_quality_metric  # noqa: PLC0415
+    if descriptor is None:
+      from kmax_tf.data import dataset_descriptors  # noqa: PLC0415
+      descriptor = dataset_descriptors.descriptor_from_options(config.eval_dataset_options)
+    self._strategy = tf.distribute.get_strategy()
+    options = config.evaluator_options
+    super().__init__(orbit.utils.make_distributed_dataset(self._strategy, eval_dataset),
+                     orbit.StandardEvaluatorOptions(use_tf_function=options.use_tf_function))
+    self._model = model
+    self._global_step = global_step
+    self._descriptor = descriptor
+    self._vis_dir = (options.override_save_dir if options.HasField('override_save_dir')
+                     else os.path.join(model_dir, 'vis'))
+    self._num_vis = min(options.num_vis_samples, MAX_VIS_SAMPLES)
+    self._compute_miou = options.compute_miou
+    self._pq = panoptic_quality_metric.PanopticQualityMetric(
+        descriptor.num_classes, descriptor.ignore_label, descriptor.panoptic_label_divisor,
+        descriptor.class_has_instances_list, variant=options.panoptic_quality_variant)
+    self._miou = mean_iou.MeanIoUMetric(descriptor.num_classes, descriptor.ignore_label)
+    self._vis_rows: List[np.ndarray] = []
+    self.last_picture: Optional[str] = None
+
+  def eval_begin(self):
+    self._pq.reset_state()
+    self._miou.reset_state()
+    self._vis_rows = []
+
+  def eval_step(self, iterator):
+    outputs = self._strategy.run(self._replica_step, args=(next(iterator),))
+    return tf.nest.map_structure(self._strategy.experimental_local_results, outputs)
+
+  def _replica_step(self, inputs):
+    outputs = self._model(inputs[common.IMAGE], training=False)
+    raw_size = [inputs[common.GT_SIZE_RAW][0, 0], inputs[common.GT_SIZE_RAW][0, 1]]
+    resized_size = [tf.shape(inputs[common.RESIZED_IMAGE])[1],
+                    tf.shape(inputs[common.RESIZED_IMAGE])[2]]
+    panoptic = undo_preprocessing(outputs[common.PRED_PANOPTIC_KEY], resized_size, raw_size)
+    gt_panoptic = inputs[common.GT_PANOPTIC_RAW]
+    self._pq.update_state(gt_panoptic, panoptic, inputs.get(common.GT_IS_CROWD_RAW))
+    if self._compute_miou:
+      semantic = undo_preprocessing(outputs[common.PRED_SEMANTIC_KEY], resized_size, raw_size)
+      self._miou.update_state(inputs[common.GT_SEMANTIC_RAW], semantic)
+    if not self._num_vis:
+      return {}
+    image = undo_image_preprocessing(inputs[common.IMAGE], resized_size, raw_size)
+    return {_VIS_KEY: (image, gt_panoptic, panoptic)}
+
+  def eval_reduce(self, state=None, step_outputs=None):
+    if not step_outputs or _VIS_KEY not in step_outputs:
+      return state
+    images, gts, preds = step_outputs[_VIS_KEY]
+    for image, gt, pred in zip(images, gts, preds):
+      for index in range(image.shape[0]):
+        if len(self._vis_rows) >= self._num_vis:
+          return state
+        self._vis_rows.append(visualization.prediction_row(
+            image[index].numpy(), gt[index].numpy(), pred[index].numpy(),
+            self._descriptor.colormap, self._descriptor.panoptic_label_divisor,
+            self._descriptor.ignore_label))
+    return state
+
+  def eval_end(self, state=None) -> Dict[str, float]:
+    logs = dict(self._pq.summary_scalars())
+    if self._compute_miou:
+      logs.update(self._miou.summary_scalars())
+    if self._vis_rows:
+      self._write_pictures()
+    return logs
+
+  def _write_pictures(self):
+    step = int(self._global_step.numpy())
+    picture = visualization.stack_rows(self._vis_rows)
+    path = os.path.join(self._vis_dir, f'predictions_step{step}.png')
+    visualization.write_png_atomic(path, picture)
+    self.last_picture = path
+    logging.info('Wrote %s', path)
+    print(f'Predictions picture (image | ground truth | prediction): {path}', flush=True)
+    rows = [tf.constant(row[None]) for row in self._vis_rows]
+    for index, row in enumerate(rows):
+      tf.summary.image(f'panoptic/sample_{index}', row, step=step)

@@ -1,0 +1,83 @@
+"""Trains and/or evaluates a kMaX-DeepLab experiment (DeepLab2's trainer/train.py flags).
+
+Example:
+  python trainer/train.py --config_file=configs/demo/kmax_demo.textproto \
+      --mode=train_and_eval --model_dir=/tmp/kmax_demo
+
+Files go to <model_dir>/<experiment_name>/ as in DeepLab2. Restarting the same
+command resumes from the newest checkpoint there.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+_MODES = ['train', 'eval', 'train_and_eval', 'continuous_eval']
+
+flags.DEFINE_enum('mode', None, _MODES, 'What to run.')
+flags.DEFINE_string('model_dir', None, 'Base directory for checkpoints and summaries; the '
+                    "config's experiment_name is appended.")
+flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto (DeepLab2 schema).')
+flags.DEFINE_string('master', None, 'Cloud TPU name or grpc:// address (implies a TPU).')
+flags.DEFINE_integer('num_gpus', 0, 'Number of local GPUs (0: CPU).')
+flags.DEFINE_enum('strategy', '', ['', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu'],
+                  "Distribution strategy; '' chooses as DeepLab2 from --master/--num_gpus. "
+                  'multi_worker_mirrored reads the cluster from TF_CONFIG.')
+flags.DEFINE_multi_string('config_override', [], 'Applied after parsing, in order, e.g. '
+                          'trainer_options.solver_options.base_learning_rate=0.001.')
+flags.DEFINE_multi_string('substitution', [], 'KEY=VALUE for ${KEY} placeholders in the config.')
+flags.DEFINE_bool('checkpoint_input_iterator', True, 'Also checkpoint the training input '
+                  'position (exact resume; the shuffle buffer is part of the checkpoint).')
+flags.DEFINE_integer('num_cpu_devices', 0, 'Split the CPU into this many logical devices '
+                     '(testing MirroredStrategy without accelerators).')
+flags.mark_flags_as_required(['mode', 'model_dir', 'config_file'])
+
+FLAGS = flags.FLAGS
+
+
+def _parse_substitutions(pairs):
+  substitutions = {}
+  for pair in pairs:
+    key, sep, value = pair.partition('=')
+    if not sep or not key:
+      raise app.UsageError(f'--substitution expects KEY=VALUE, got {pair!r}.')
+    substitutions[key] = value
+  return substitutions
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import tensorflow as tf  # noqa: PLC0415  (after flags, so --help is fast)
+  if FLAGS.num_cpu_devices > 1:
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices)
+  from kmax_tf.config import loader  # noqa: PLC0415
+  from kmax_tf.training import train_lib  # noqa: PLC0415
+
+  try:
+    config = loader.load_config(FLAGS.config_file, _parse_substitutions(FLAGS.substitution),
+                                FLAGS.config_override)
+  except (ValueError, OSError) as error:
+    sys.exit(f'Error in the config: {error}')
+  model_dir = os.path.join(FLAGS.model_dir, config.experiment_name)
+  logging.info('Running %s in %s', FLAGS.mode, model_dir)
+  try:
+    results = train_lib.run_experiment(
+        FLAGS.mode, config, model_dir, strategy_name=FLAGS.strategy, master=FLAGS.master,
+        num_gpus=FLAGS.num_gpus, checkpoint_input_iterator=FLAGS.checkpoint_input_iterator)
+  except ValueError as error:  # Bad config / flags: a message, not a traceback.
+    logging.debug('run_experiment failed', exc_info=True)
+    sys.exit(f'Error: {error}')
+  if results:
+    train_lib.print_results(results)
+
+
+if __name__ == '__main__':
+  app.run(main)
