@@ -1,0 +1,85 @@
+"""Reading user images as RGB uint8 arrays, with clear errors.
+
+Grayscale, palette, 16-bit and RGBA / CMYK images are converted to RGB (an
+alpha channel is dropped); the EXIF orientation of photos is applied so that
+predictions line up with what image viewers show.
+"""
+
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
+                    '.pgm')
+
+ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+
+class ImageReadError(ValueError):
+  """A file or array that cannot be used as an image."""
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+  image = ImageOps.exif_transpose(image)
+  if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+    # 16/32-bit grayscale: scale the used range to 8 bits.
+    values = np.asarray(image, np.float64)
+    top = values.max() if values.size and values.max() > 255 else 255.0
+    image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8))
+  if image.mode != 'RGB':
+    image = image.convert('RGB')
+  return np.asarray(image, np.uint8)
+
+
+def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
+  """Reads an image file as uint8 [H, W, 3] RGB.
+
+  Raises:
+    ImageReadError: missing file, not an image, truncated or too large.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ImageReadError(f'{path}: no such file.')
+  try:
+    with Image.open(path) as image:
+      image.load()
+      return _pil_to_rgb(image)
+  except Image.DecompressionBombError as error:
+    raise ImageReadError(f'{path}: image too large to decode safely ({error}).') from None
+  except (OSError, SyntaxError, ValueError) as error:
+    raise ImageReadError(f'{path}: not a readable image ({error}).') from None
+
+
+def to_rgb_uint8(image: ImageLike, name: str = 'image') -> np.ndarray:
+  """A path, PIL image or array [H, W] / [H, W, 1|3|4] -> uint8 [H, W, 3] RGB.
+
+  Float arrays must hold values in [0, 255] (they are rounded); other integer
+  types are clipped to [0, 255].
+  """
+  if isinstance(image, (str, os.PathLike)):
+    return read_image(image)
+  if isinstance(image, Image.Image):
+    return _pil_to_rgb(image)
+  array = np.asarray(image)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim == 2:
+    array = np.stack([array] * 3, axis=-1)
+  if array.ndim != 3 or array.shape[-1] not in (3, 4):
+    raise ImageReadError(f'{name} must be [height, width] or [height, width, 1|3|4], got shape '
+                         f'{array.shape}.')
+  array = array[..., :3]
+  if min(array.shape[:2]) == 0:
+    raise ImageReadError(f'{name} is empty (shape {array.shape}).')
+  if array.dtype == np.uint8:
+    return np.ascontiguousarray(array)
+  if np.issubdtype(array.dtype, np.floating):
+    if not np.all(np.isfinite(array)):
+      raise ImageReadError(f'{name} has NaN or infinite values.')
+    return np.clip(np.round(array), 0, 255).astype(np.uint8)
+  if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+    return np.clip(array.astype(np.int64), 0, 255).astype(np.uint8)
+  raise ImageReadError(f'{name} has unsupported dtype {array.dtype}.')
