@@ -238,21 +238,10 @@ def restore_weights(model, checkpoint_path: str) -> None:
   """Restores every model weight from a DeepLab2 or kmax_tf training checkpoint.
 
   Training state (step, optimizers, the kmax_tf input-iterator position) is
-  ignored; a missing or mis-shaped model weight is an error.
+  ignored; a missing, unknown or mis-shaped model weight is an error.
   """
   from kmax_tf.model import checkpoint_loading
-  summary = checkpoint_loading.load_deeplab2_checkpoint(model, checkpoint_path, kind='full',
-                                                        strict=False)
-  model_items = set(model.checkpoint_items)
-  foreign = [key for key in summary.unexpected_keys if key.split('/', 1)[0] in model_items]
-  if summary.missing_keys or foreign:
-    raise ValueError(
-        f'Checkpoint {checkpoint_path} does not hold this model: {len(summary.missing_keys)} '
-        f'model weights missing (e.g. {list(summary.missing_keys[:3])}), {len(foreign)} '
-        f'unknown model keys (e.g. {foreign[:3]}). Check the config matches the checkpoint.')
-  ignored = sorted({key.split('/', 1)[0] for key in summary.unexpected_keys})
-  if ignored:
-    logging.info('Ignored non-model checkpoint items: %s', ignored)
+  checkpoint_loading.load_deeplab2_checkpoint(model, checkpoint_path, kind='full')
 
 
 def build_serving_module(config, checkpoint_path: Optional[str],

@@ -44,8 +44,11 @@ KINDS = (KIND_AUTO, KIND_FULL, KIND_BACKBONE, KIND_PRETRAINED_WEIGHTS)
 
 ENCODER_ITEM = 'encoder'
 MODEL_GARDEN_ENCODER_PREFIX = 'backbone/_encoder/'
-# Root children of DeepLab2 training checkpoints that are not model weights.
-TRAINING_STATE_ITEMS = ('global_step', 'optimizer', 'backbone_optimizer', 'save_counter')
+# Root children of training checkpoints that are not model weights: DeepLab2's,
+# plus the input position and loss scale that kmax_tf's trainer also saves
+# (see kmax_tf/training/checkpointing.py).
+TRAINING_STATE_ITEMS = ('global_step', 'optimizer', 'backbone_optimizer', 'save_counter',
+                        'train_iterator', 'loss_scale')
 
 _VARIABLE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'

@@ -150,6 +150,6 @@ def test_bad_tensor_inputs_are_clear_errors(export_case):
 def test_checkpoint_of_another_architecture_is_a_clear_error(export_case):
   overrides = tiny_config.OVERRIDES + ('model_options.max_deeplab.transformer_decoder_num_layers='
                                        '2,0,0',)
-  with pytest.raises(ValueError, match='does not hold this model: .* model weights missing'):
+  with pytest.raises(ValueError, match='missing'):
     serving.build_serving_module(tiny_config.BASE_CONFIG, export_case.checkpoint_prefix,
                                  overrides=overrides)
