@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from kmax_tf import file_io
 from kmax_tf.data import converter_utils
 from kmax_tf.data import dataset_descriptors
 
@@ -151,11 +152,7 @@ def convert(image_dir: str, panoptic_json: str, panoptic_dir: Optional[str], spl
                                         **write_kwargs)
   descriptor_path = descriptor_path or os.path.join(output_dir, f'{dataset_name}.json')
   merged = merge_descriptor(descriptor_path, descriptor, split, summary.num_examples)
-  temp_path = f'{descriptor_path}.tmp{os.getpid()}'
-  with open(temp_path, 'w') as f:
-    json.dump(merged, f, indent=1)
-    f.write('\n')
-  os.replace(temp_path, descriptor_path)
+  file_io.write_text_atomic(descriptor_path, json.dumps(merged, indent=1) + '\n', overwrite=True)
   return summary, descriptor_path
 
 

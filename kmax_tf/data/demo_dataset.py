@@ -20,6 +20,7 @@ Usage:
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from kmax_tf import file_io
 from kmax_tf.data import converter_utils
 from kmax_tf.data import label_codec
 
@@ -319,11 +321,9 @@ def _png_bytes(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _write_atomic(path: str, data: bytes):
-  temp_path = f'{path}.tmp{os.getpid()}'
-  with open(temp_path, 'wb') as f:
-    f.write(data)
-  os.replace(temp_path, path)
+# `generate` refuses an output folder that already holds a dataset, unless asked to
+# overwrite it; single files are then replaced.
+_replace_file = functools.partial(file_io.write_bytes_atomic, overwrite=True)
 
 
 def sample_name(split: str, index: int) -> str:
@@ -350,7 +350,7 @@ def save_preview(path: str, scenes: Sequence[Scene], columns: int = 6):
     top, left = (i // columns) * (2 * height + 6), (i % columns) * (width + 4)
     grid[top:top + height, left:left + width] = scene.image
     grid[top + height + 2:top + 2 * height + 2, left:left + width] = colorize_panoptic(panoptic)
-  _write_atomic(path, _png_bytes(grid))
+  _replace_file(path, _png_bytes(grid))
 
 
 def generate(output_dir: str, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
@@ -393,8 +393,8 @@ def generate(output_dir: str, num_train: int = DEFAULT_NUM_TRAIN, num_val: int =
       example = converter_utils.create_tf_example(
           image_png, 'png', name, label, converter_utils.LABEL_FORMAT_RAW, height, width)
       if write_coco:
-        _write_atomic(os.path.join(coco_root, split, f'{name}.png'), image_png)
-        _write_atomic(os.path.join(coco_root, 'annotations', f'panoptic_{split}', f'{name}.png'),
+        _replace_file(os.path.join(coco_root, split, f'{name}.png'), image_png)
+        _replace_file(os.path.join(coco_root, 'annotations', f'panoptic_{split}', f'{name}.png'),
                       label_codec.encode_panoptic_png(scene.segment_ids))
       return example.SerializeToString(), counts
 
@@ -404,7 +404,7 @@ def generate(output_dir: str, num_train: int = DEFAULT_NUM_TRAIN, num_val: int =
     if write_coco:
       _write_coco_json(coco_root, split, count, seed, size)
 
-  _write_atomic(descriptor_path,
+  _replace_file(descriptor_path,
                 (json.dumps(descriptor_dict(num_train, num_val), indent=2) + '\n').encode())
   if preview_path:
     save_preview(preview_path, [render_scene(seed, 'val', i, size) for i in range(min(12, num_val))]
@@ -426,7 +426,7 @@ def _write_coco_json(coco_root: str, split: str, count: int, seed: int, size: Tu
                 for c in range(1, len(CLASS_NAMES))]
   data = {'info': {'description': f'{DATASET_NAME} {split} (seed {seed})'},
           'images': images, 'annotations': annotations, 'categories': categories}
-  _write_atomic(os.path.join(coco_root, 'annotations', f'panoptic_{split}.json'),
+  _replace_file(os.path.join(coco_root, 'annotations', f'panoptic_{split}.json'),
                 json.dumps(data).encode())
 
 

@@ -6,13 +6,20 @@ inflate. This module splits the decode in two:
 
 1. inflate the IDAT stream with libdeflate (about 10x faster than zlib), found
    through ctypes when the system has it (Debian's `libdeflate0`);
-2. hand the inflated, still filtered scanlines to Pillow's own PNG row decoder
-   as "stored" (uncompressed) deflate blocks, so Pillow only undoes the PNG
-   row filters, writing straight into a numpy buffer.
+2. undo the PNG row filters. With the optional C extension `_pqfast` (built by
+   setup.py when a compiler is present) the rows are unfiltered straight into
+   the id map (8-bit grey, RGB or RGBA); otherwise the inflated rows are handed
+   to Pillow's own PNG row decoder as "stored" (uncompressed) deflate blocks,
+   so Pillow only undoes the filters, writing into a numpy buffer (8-bit RGB).
 
-Anything unusual (palette, alpha, 16 bit, interlace, no libdeflate, Pillow
-internals that moved) falls back to plain `PIL.Image.open`, which reads every
-PNG the official panopticapi reads, with the same id rule (`rgb2id`).
+`inflate_for_native` stops after step 1, for the extension's fused decode +
+pair counting used by the file evaluation.
+
+Anything unusual (palette, 16 bit, interlace, no libdeflate nor extension,
+Pillow internals that moved) falls back to plain `PIL.Image.open`, which reads
+every PNG the official panopticapi reads, with the same id rule (`rgb2id`).
+Setting the environment variable KMAX_DISABLE_PQFAST=1 turns the C extension
+off (results are identical either way; the tests compare both).
 """
 
 import ctypes
@@ -20,15 +27,43 @@ import ctypes.util
 import os
 import struct
 import threading
+import zlib
 from typing import Optional, Union
 
 import numpy as np
-from PIL import Image
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _STORED_BLOCK_MAX = 65535
+# Deflate expands at most ~1032x (258-byte matches coded in 2 bits).
+MAX_DEFLATE_RATIO = 1040
 # zlib header for a stream that only holds stored blocks (CMF=0x78, FLG=0x01).
 _ZLIB_HEADER = b'\x78\x01'
+
+
+# PNG color type -> bytes per pixel, for the 8-bit types the C extension reads.
+_NATIVE_CHANNELS = {0: 1, 2: 3, 6: 4}
+_RGB_COLOR_TYPE = 2
+
+try:
+  from kmax_tf.evaluation import _pqfast  # pylint: disable=g-import-not-at-top
+except ImportError:  # Not built (no compiler at install time): pure Python path.
+  _pqfast = None
+if _pqfast is not None and not all(
+    hasattr(_pqfast, name) for name in ('unfilter_ids', 'pair_counts', 'pair_counts_png')):
+  _pqfast = None  # A stale build from an older checkout: rebuild with `pip install -e .`.
+
+
+def _pil_image():
+  """PIL.Image, imported on first use (the C extension path never needs Pillow)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return Image
+
+
+def native_module():
+  """The `_pqfast` C extension, or None if it is not built or KMAX_DISABLE_PQFAST is set."""
+  if _pqfast is None or os.environ.get('KMAX_DISABLE_PQFAST', '') not in ('', '0'):
+    return None
+  return _pqfast
 
 
 def _load_libdeflate():
@@ -72,7 +107,7 @@ class _Decompressor:
 
 
 class _FastDecoder:
-  """libdeflate inflate + Pillow row unfiltering.
+  """libdeflate (or zlib) inflate + C extension or Pillow row unfiltering.
 
   A libdeflate decompressor is not thread-safe: each thread gets its own.
   """
@@ -80,6 +115,16 @@ class _FastDecoder:
   def __init__(self, lib):
     self._lib = lib
     self._local = threading.local()
+    # The Pillow row path is self-checked on first use (None: not yet).
+    self._pillow_rows_ok = None
+    self._pillow_check_lock = threading.Lock()
+
+  def _pillow_rows_usable(self) -> bool:
+    if self._pillow_rows_ok is None:
+      with self._pillow_check_lock:
+        if self._pillow_rows_ok is None:
+          self._pillow_rows_ok = _pillow_rows_work(self)
+    return self._pillow_rows_ok
 
   def _decompressor(self):
     decompressor = getattr(self._local, 'decompressor', None)
@@ -88,15 +133,15 @@ class _FastDecoder:
       self._local.decompressor = decompressor
     return decompressor.handle
 
-  def _scratch(self, size: int) -> np.ndarray:
-    scratch = getattr(self._local, 'scratch', None)
+  def _scratch(self, size: int, slot: str = 'scratch') -> np.ndarray:
+    scratch = getattr(self._local, slot, None)
     if scratch is None or scratch.size < size:
       scratch = np.empty(size, np.uint8)
-      self._local.scratch = scratch
+      setattr(self._local, slot, scratch)
     return scratch[:size]
 
-  def decode(self, data: bytes, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
-    """uint32 [H, W] ids (in `out` if given), or None if the generic path is needed."""
+  def _parse(self, data: bytes):
+    """(width, height, color_type, IDAT stream) of a plain 8-bit PNG, else None."""
     if data[:8] != _PNG_SIGNATURE:
       return None
     pos = 8
@@ -107,6 +152,8 @@ class _FastDecoder:
       (length,) = struct.unpack_from('>I', data, pos)
       chunk_type = data[pos + 4:pos + 8]
       if chunk_type == b'IHDR':
+        if length != 13 or pos + 21 > length_total:
+          return None
         header = struct.unpack_from('>IIBBBBB', data, pos + 8)
       elif chunk_type == b'IDAT':
         idat.append(data[pos + 8:pos + 8 + length])
@@ -115,11 +162,65 @@ class _FastDecoder:
       pos += 12 + length
     if header is None or not idat:
       return None
-    width, height, bit_depth, color_type, _, _, interlace = header
-    if bit_depth != 8 or color_type != 2 or interlace != 0 or width == 0 or height == 0:
+    width, height, bit_depth, color_type, compression, filter_method, interlace = header
+    if (bit_depth != 8 or interlace != 0 or compression != 0 or filter_method != 0 or
+        width == 0 or height == 0):
       return None
-    stream = idat[0] if len(idat) == 1 else b''.join(idat)
+    return width, height, color_type, idat[0] if len(idat) == 1 else b''.join(idat)
+
+  def _inflate_native(self, stream: bytes, width: int, height: int, channels: int, slot: str):
+    """The inflated (still filtered) rows for the C extension, or None."""
+    raw_size = height * (1 + channels * width)
+    if raw_size > MAX_DEFLATE_RATIO * len(stream) + 1024:
+      return None  # Damaged header or data: no buffer of that size; Pillow reports it.
+    if self._lib is None:
+      try:
+        raw = zlib.decompress(stream)
+      except zlib.error:
+        return None  # Pillow reports the damage.
+      return raw if len(raw) == raw_size else None
+    raw = self._scratch(raw_size, slot)
+    return raw if self._inflate(stream, raw) else None
+
+  def inflate_for_native(self, data: bytes, slot: str):
+    """(raw rows, width, height, channels) for `_pqfast`, or None if unsupported/damaged.
+
+    `slot` names the per-thread buffer the rows go to (valid until the next
+    call with the same slot in this thread).
+    """
+    parsed = self._parse(data)
+    if parsed is None or parsed[2] not in _NATIVE_CHANNELS:
+      return None
+    width, height, color_type, stream = parsed
+    channels = _NATIVE_CHANNELS[color_type]
+    raw = self._inflate_native(stream, width, height, channels, slot)
+    return None if raw is None else (raw, width, height, channels)
+
+  def decode(self, data: bytes, out: Optional[np.ndarray] = None, native=None,
+             checking_pillow: bool = False) -> Optional[np.ndarray]:
+    """uint32 [H, W] ids (in `out` if given), or None if the generic path is needed.
+
+    `native`: the `_pqfast` module to unfilter with, or None for Pillow;
+    `checking_pillow`: used by the Pillow path's self-check only.
+    """
+    parsed = self._parse(data)
+    if parsed is None:
+      return None
+    width, height, color_type, stream = parsed
+    if native is not None and color_type in _NATIVE_CHANNELS:
+      channels = _NATIVE_CHANNELS[color_type]
+      raw = self._inflate_native(stream, width, height, channels, 'scratch')
+      if raw is None:
+        return None
+      ids = _output(out, height, width)
+      native.unfilter_ids(raw, width, height, channels, ids)
+      return ids
+    if not (color_type == _RGB_COLOR_TYPE and self._lib is not None and
+            (checking_pillow or self._pillow_rows_usable())):
+      return None
     raw_size = height * (1 + 3 * width)
+    if raw_size > MAX_DEFLATE_RATIO * len(stream) + 1024:
+      return None
     # Re-wrap the inflated rows as a zlib stream of stored blocks (2 header
     # bytes, then per block a 5-byte header and up to 65535 bytes), built with
     # one strided numpy copy, so Pillow is called once and only unfilters.
@@ -127,11 +228,7 @@ class _FastDecoder:
     stream_size = 2 + num_blocks * (5 + _STORED_BLOCK_MAX)
     buffer = self._scratch(stream_size + raw_size)
     raw = buffer[stream_size:]
-    actual = ctypes.c_size_t(0)
-    status = self._lib.libdeflate_zlib_decompress(
-        self._decompressor(), stream, len(stream), raw.ctypes.data, raw_size,
-        ctypes.byref(actual))
-    if status != 0 or actual.value != raw_size:
+    if not self._inflate(stream, raw):
       return None
     stored = buffer[:stream_size]
     stored[:2] = np.frombuffer(_ZLIB_HEADER, np.uint8)
@@ -152,8 +249,9 @@ class _FastDecoder:
     ids = _output(out, height, width)
     # Pillow shares memory with `ids` for RGBX images; its PNG row decoder
     # writes R, G, B, X per pixel; the mask below drops X.
-    image = Image.frombuffer('RGBX', (width, height), ids, 'raw', 'RGBX', 0, 1)
-    decoder = Image._getdecoder('RGBX', 'zip', ('RGB',))  # pylint: disable=protected-access
+    pil_image = _pil_image()
+    image = pil_image.frombuffer('RGBX', (width, height), ids, 'raw', 'RGBX', 0, 1)
+    decoder = pil_image._getdecoder('RGBX', 'zip', ('RGB',))  # pylint: disable=protected-access
     decoder.setimage(image.im, (0, 0, width, height))
     status, _ = decoder.decode(memoryview(stored)[:used])
     decoder.cleanup()
@@ -161,6 +259,14 @@ class _FastDecoder:
       return None
     np.bitwise_and(ids, 0xFFFFFF, out=ids)
     return ids
+
+  def _inflate(self, stream: bytes, raw: np.ndarray) -> bool:
+    """Inflates the zlib `stream` into `raw`; True if it fills `raw` exactly."""
+    actual = ctypes.c_size_t(0)
+    status = self._lib.libdeflate_zlib_decompress(
+        self._decompressor(), stream, len(stream), raw.ctypes.data, raw.size,
+        ctypes.byref(actual))
+    return status == 0 and actual.value == raw.size
 
 
 def _output(out: Optional[np.ndarray], height: int, width: int) -> np.ndarray:
@@ -176,21 +282,22 @@ def _output(out: Optional[np.ndarray], height: int, width: int) -> np.ndarray:
 def _make_fast_decoder() -> Optional[_FastDecoder]:
   lib = _load_libdeflate()
   if lib is None:
-    return None
+    # The C extension still unfilters; zlib inflates.
+    return _FastDecoder(None) if _pqfast is not None else None
+  return _FastDecoder(lib)
+
+
+def _pillow_rows_work(decoder: _FastDecoder) -> bool:
+  """Self-check of the Pillow row path on a small image using every PNG filter type."""
   try:
-    decoder = _FastDecoder(lib)
-    # Self-check on a small image with every PNG filter type in use.
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 1 << 24, size=(7, 5)).astype(np.uint32)
     ids[3:] = ids[3]
-    probe = encode_ids_to_png_bytes(ids)
-    decoded = decoder.decode(probe)
-    if decoded is None or not np.array_equal(decoded, ids):
-      return None
-    return decoder
+    decoded = decoder.decode(encode_ids_to_png_bytes(ids), native=None, checking_pillow=True)
+    return decoded is not None and np.array_equal(decoded, ids)
   except Exception:  # pylint: disable=broad-except
     # Pillow internals differ: use the generic path.
-    return None
+    return False
 
 
 _fast_decoder = None
@@ -198,7 +305,7 @@ _fast_decoder_ready = False
 
 
 def fast_decoding_available() -> bool:
-  """True if the libdeflate fast path is in use in this process."""
+  """True if a fast path (libdeflate and/or the C extension) is in use in this process."""
   _get_fast_decoder()
   return _fast_decoder is not None
 
@@ -209,6 +316,25 @@ def _get_fast_decoder() -> Optional[_FastDecoder]:
     _fast_decoder = _make_fast_decoder()
     _fast_decoder_ready = True
   return _fast_decoder
+
+
+def inflate_for_native(data: bytes, slot: str):
+  """Inflates a PNG for the C extension's row decoders (`_pqfast`).
+
+  Args:
+    data: the PNG file's bytes.
+    slot: name of the per-thread buffer receiving the rows; they stay valid
+      until the next call with the same slot in the same thread.
+
+  Returns:
+    (raw rows: uint8 buffer of H * (1 + W * C) bytes, W, H, C), or None if
+    the extension is off or the PNG is not plain 8-bit grey/RGB/RGBA or is
+    damaged (then `decode_panoptic_png` gives the ids or the error).
+  """
+  decoder = _get_fast_decoder()
+  if decoder is None or native_module() is None:
+    return None
+  return decoder.inflate_for_native(data, slot)
 
 
 def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
@@ -233,7 +359,7 @@ def encode_ids_to_png_bytes(ids: np.ndarray) -> bytes:
   """ids: integer [H, W] -> bytes of an RGB PNG in COCO panoptic encoding."""
   import io  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
-  Image.fromarray(ids_to_rgb(ids), mode='RGB').save(buffer, format='PNG')
+  _pil_image().fromarray(ids_to_rgb(ids), mode='RGB').save(buffer, format='PNG')
   return buffer.getvalue()
 
 
@@ -257,11 +383,11 @@ def decode_panoptic_png(source: Union[str, bytes, os.PathLike],
       data = f.read()
   decoder = _get_fast_decoder()
   if decoder is not None:
-    ids = decoder.decode(data, out)
+    ids = decoder.decode(data, out, native_module())
     if ids is not None:
       return ids
   import io  # pylint: disable=g-import-not-at-top
-  with Image.open(io.BytesIO(data)) as image:
+  with _pil_image().open(io.BytesIO(data)) as image:
     ids = rgb_to_ids(np.array(image, dtype=np.uint32))
   if out is None:
     return ids

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from kmax_tf.evaluation import file_io
+from kmax_tf import file_io
 from kmax_tf.evaluation import panoptic_png
 
 COCO = 'coco'

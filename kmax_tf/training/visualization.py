@@ -1,11 +1,11 @@
 """Panoptic visualizations for evaluation: image | ground truth | prediction rows."""
 
-import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from kmax_tf import file_io
 
 
 def colorize_panoptic(panoptic: np.ndarray, colormap: Sequence[Sequence[int]],
@@ -70,16 +70,6 @@ def stack_rows(rows: Sequence[np.ndarray], separator: int = 4) -> np.ndarray:
 
 
 def write_png_atomic(path: str, image: np.ndarray) -> None:
-  """Writes uint8 [H, W, 3] as PNG via a temporary file and os.replace."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
+  """Writes uint8 [H, W, 3] as PNG atomically (replacing an older picture)."""
   data = tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
-  handle, temporary = tempfile.mkstemp(dir=directory, suffix='.png.tmp')
-  try:
-    with os.fdopen(handle, 'wb') as stream:
-      stream.write(data)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  file_io.write_bytes_atomic(path, data, overwrite=True)

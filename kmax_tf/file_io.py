@@ -1,4 +1,4 @@
-"""Atomic file writes for evaluation outputs (temp file + os.replace)."""
+"""Atomic file writes (temp file + os.replace): readers never see a partial file."""
 
 import os
 import tempfile
