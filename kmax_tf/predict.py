@@ -106,7 +106,7 @@ class ResultWriter:
         json_file_name='panoptic.json', overwrite=overwrite)
 
   def add(self, image_path: str, prediction) -> dict:
-    from kmax_tf.evaluation import file_io
+    from kmax_tf import file_io
     from kmax_tf.export import visualization
     from kmax_tf.training import visualization as training_visualization
     stem = os.path.splitext(os.path.basename(image_path))[0]
