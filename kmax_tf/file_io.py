@@ -29,11 +29,19 @@ def write_bytes_atomic(path: PathLike, data: bytes, overwrite: bool = False) -> 
   try:
     with os.fdopen(handle, 'wb') as f:
       f.write(data)
+    # mkstemp creates 0600 files; give the usual permissions (0666 less umask).
+    os.chmod(temp_path, 0o666 & ~_current_umask())
     os.replace(temp_path, path)
   except BaseException:
     if os.path.exists(temp_path):
       os.remove(temp_path)
     raise
+
+
+def _current_umask() -> int:
+  umask = os.umask(0)
+  os.umask(umask)
+  return umask
 
 
 def write_text_atomic(path: PathLike, text: str, overwrite: bool = False) -> None:

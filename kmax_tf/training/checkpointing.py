@@ -102,6 +102,18 @@ def writer_directory(model_dir: str, chief: bool, worker: str) -> str:
   return scratch
 
 
+class EvaluationCheckpoint(tf.train.Checkpoint):
+  """A checkpoint for evaluation-only runs: training state in the file is expected.
+
+  Training checkpoints also hold optimizer slots and the input position, which an
+  evaluator has no objects for; restoring them partially is the intent, so the
+  warnings TF prints for unmatched values are silenced.
+  """
+
+  def restore(self, save_path, options=None):
+    return super().restore(save_path, options=options).expect_partial()
+
+
 def build_checkpoint_manager(checkpoint: tf.train.Checkpoint, directory: str, global_step,
                              trainer_options, init_fn: Optional[Callable[[], None]] = None
                              ) -> tf.train.CheckpointManager:

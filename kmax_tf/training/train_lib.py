@@ -143,7 +143,8 @@ def run_experiment(mode: str, config, model_dir: str, *,
       global_step, model_items, trainer, include_input_iterator=checkpoint_input_iterator)
   if not checkpointing.restore_input_position(checkpoint_items, model_dir):
     checkpoint_items.pop(checkpointing.INPUT_ITERATOR_KEY)
-  checkpoint = tf.train.Checkpoint(**checkpoint_items)
+  checkpoint_class = tf.train.Checkpoint if trainer else checkpointing.EvaluationCheckpoint
+  checkpoint = checkpoint_class(**checkpoint_items)
   init_fn = checkpointing.make_initial_checkpoint_fn(
       config.model_options.initial_checkpoint, model, model_items, config.model_options)
   write_dir = model_dir
