@@ -13,6 +13,7 @@ from kmax_tf.keras_setup import keras
 from kmax_tf.layers import activations
 from kmax_tf.layers import axial_layers
 from kmax_tf.layers import convolutions
+from kmax_tf.layers import fused_inference
 from kmax_tf.layers.convolutions import NormLayerFn
 
 
@@ -67,6 +68,7 @@ class AxialBlock(keras.layers.Layer):
     self._filters_list = list(filters_list)
     self._strides = strides
     self._bn_layer = bn_layer
+    self._activation = activation
     self._activation_fn = activations.get_activation(activation)
     self._conv_kernel_weight_decay = conv_kernel_weight_decay
     if attention_type is not None and attention_type.lower() == 'none':
@@ -110,6 +112,10 @@ class AxialBlock(keras.layers.Layer):
           conv_kernel_weight_decay=self._conv_kernel_weight_decay)
     super().build(input_shape)
 
+  def _activate(self, x: tf.Tensor, training) -> tf.Tensor:
+    fused = fused_inference.activation(x, training, self._activation)
+    return self._activation_fn(x) if fused is None else fused
+
   def call(self, inputs: tf.Tensor, training=False,
            drop_path_mask: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Runs the block.
@@ -122,7 +128,7 @@ class AxialBlock(keras.layers.Layer):
     Returns:
       float [B, H', W', filters_list[-1]], not activated.
     """
-    x = self._activation_fn(inputs)
+    x = self._activate(inputs, training)
     shortcut = x
     if self._shortcut is not None:
       shortcut = self._shortcut(shortcut, training=training)
@@ -134,7 +140,7 @@ class AxialBlock(keras.layers.Layer):
       if self._attention_type is None:
         x = self._conv2_bn_act(x, training=training)
       else:
-        x = self._activation_fn(self._attention(x, training=training))
+        x = self._activate(self._attention(x, training=training), training)
       x = self._conv3_bn(x, training=training)
     else:
       x = self._conv2_bn(self._conv1_bn_act(x, training=training), training=training)

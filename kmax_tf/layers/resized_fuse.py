@@ -12,6 +12,7 @@ from kmax_tf.keras_setup import keras
 from kmax_tf.layers import activations
 from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import convolutions
+from kmax_tf.layers import fused_inference
 from kmax_tf.layers import resize
 from kmax_tf.layers.convolutions import NormLayerFn
 
@@ -40,6 +41,7 @@ class ResizedFuse(keras.layers.Layer):
     self._height = height
     self._width = width
     self._num_channels = num_channels
+    self._activation = activation
     self._activation_fn = activations.get_activation(activation)
     self._bn_layer = bn_layer
     self._conv_kernel_weight_decay = conv_kernel_weight_decay
@@ -69,6 +71,10 @@ class ResizedFuse(keras.layers.Layer):
           conv_kernel_weight_decay=self._conv_kernel_weight_decay))
     super().build(input_shapes)
 
+  def _activate(self, x: tf.Tensor, training) -> tf.Tensor:
+    fused = fused_inference.activation(x, training, self._activation)
+    return self._activation_fn(x) if fused is None else fused
+
   def call(self, inputs: Sequence[tf.Tensor], training=False) -> tf.Tensor:
     size = [self._height, self._width]
     outputs = []
@@ -77,10 +83,10 @@ class ResizedFuse(keras.layers.Layer):
         feature = resize.resize_bilinear(feature, size, align_corners=True)
       elif route == 'strided':
         feature = getattr(self, f'_strided_conv_bn{index + 1}')(
-            self._activation_fn(feature), training=training)
+            self._activate(feature, training), training=training)
       else:
         feature = getattr(self, f'_resized_conv_bn{index + 1}')(
-            self._activation_fn(feature), training=training)
+            self._activate(feature, training), training=training)
         feature = resize.resize_bilinear(feature, size, align_corners=True)
       feature.set_shape([None, self._height, self._width, self._num_channels])
       outputs.append(feature)

@@ -28,6 +28,8 @@ import tensorflow as tf
 
 from kmax_tf import common
 from kmax_tf.keras_setup import keras
+from kmax_tf.layers import resize
+from kmax_tf.layers import xla_context
 
 # DeepLab2 pushes the logits of filtered slots down by this constant.
 _FILTERED_SLOT_LOGIT = -99999.0
@@ -147,6 +149,9 @@ def thing_stuff_class_ids(num_non_void_classes: int, thing_class_ids: Sequence[i
 
 def resize_align_corners(images: tf.Tensor, size) -> tf.Tensor:
   """Bilinear resize with aligned corners. images: float [B, h, w, C]."""
+  static_size = isinstance(size, (list, tuple)) and all(isinstance(v, int) for v in size)
+  if static_size and xla_context.in_xla_context():
+    return resize.bilinear_align_corners_by_gathers(tf.cast(images, tf.float32), size)
   return tf.compat.v1.image.resize_bilinear(images, size, align_corners=True)
 
 
@@ -200,7 +205,7 @@ def _pixelwise_maps(full_logits, class_pred, class_conf, class_threshold,
   confident = confidence > pixel_threshold
   assigned_to_kept = tf.equal(tf.reduce_max(full_logits, axis=-1),
                               tf.reduce_max(detected_logits, axis=-1))
-  slot = tf.argmax(detected_logits, axis=-1, output_type=tf.int32)
+  _, slot = _max_and_argmax(detected_logits)
   semantic_score = tf.gather(class_conf, slot, batch_dims=1)
   return _Maps(slot, tf.gather(class_pred, slot, batch_dims=1),
                tf.logical_and(confident, assigned_to_kept), confidence,
@@ -270,25 +275,41 @@ def _kept_slots_by_painting(binary_masks, confident, overlapping_threshold):
   return canvas
 
 
+def _max_and_argmax(values: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Max along the last axis and its first index, as `tf.argmax` (faster under XLA).
+
+  Args:
+    values: float [..., N], no NaN.
+
+  Returns:
+    (float [...], int32 [...]).
+  """
+  num = values.shape[-1]
+  largest = tf.reduce_max(values, axis=-1, keepdims=True)
+  index = tf.reduce_min(
+      tf.where(tf.equal(values, largest), tf.range(num, dtype=tf.int32), num), axis=-1)
+  return largest[..., 0], index
+
+
 def _top2(logits: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
   """The two largest values and their indices along the last axis (lower index first on ties).
 
-  Same result as `tf.math.top_k(logits, 2)`, but two arg-max passes are faster
-  on CPU, with and without XLA (XLA's sort-based top-k is ~20x slower here).
+  Same result as `tf.math.top_k(logits, 2)` (and as two arg-max passes), but
+  built from max/min reductions, which XLA fuses into few passes over the
+  input; XLA's sort-based top-k and its arg-max are much slower on CPU.
 
   Args:
-    logits: float [..., N].
+    logits: float [..., N], no NaN.
 
   Returns:
     (values float [..., 2], indices int32 [..., 2]).
   """
-  num = logits.shape[-1]
-  first = tf.argmax(logits, axis=-1, output_type=tf.int32)
-  masked = tf.where(tf.equal(tf.range(num), first[..., None]),
+  positions = tf.range(logits.shape[-1], dtype=tf.int32)
+  first_value, first = _max_and_argmax(logits)
+  masked = tf.where(tf.equal(positions, first[..., None]),
                     tf.constant(-float('inf'), logits.dtype), logits)
-  second = tf.argmax(masked, axis=-1, output_type=tf.int32)
-  values = tf.stack([tf.reduce_max(logits, axis=-1), tf.reduce_max(masked, axis=-1)], axis=-1)
-  return values, tf.stack([first, second], axis=-1)
+  second_value, second = _max_and_argmax(masked)
+  return tf.stack([first_value, second_value], axis=-1), tf.stack([first, second], axis=-1)
 
 
 def _maskwise_maps(low_res_logits, full_logits, class_pred, class_conf,
@@ -457,12 +478,28 @@ def panoptic_predictions(pixel_space_mask_logits: tf.Tensor,
   if class_logits.shape[1] != num_slots:
     raise ValueError(f'{num_slots} mask slots in the mask logits but {class_logits.shape[1]} '
                      'in the class logits')
+  # Fails early, with a clear message, on inconsistent class channels.
+  thing_stuff_class_ids(class_logits.shape[-1] - 1, options.thing_class_ids, options.void_label)
+
+  full_logits = resize_align_corners(mask_logits, output_size)
+  maps_function = _maps_from_logits
+  if not xla_context.in_xla_context():
+    # The rest is elementwise work and reductions on [B, H, W, N] and
+    # [B, H, W] tensors: one XLA kernel reads the logits a few times instead of
+    # a dozen TensorFlow ops each streaming them through memory (the resize
+    # stays in TensorFlow: XLA lowers it to a slow convolution on CPU).
+    maps_function = _compiled_maps_from_logits
+  return maps_function(mask_logits, full_logits, class_logits, options)
+
+
+def _maps_from_logits(mask_logits, full_logits, class_logits,
+                      options: PostProcessingOptions) -> Dict[str, tf.Tensor]:
+  """panoptic_predictions after the resize; full_logits: f32 [B, H, W, N]."""
+  num_slots = mask_logits.shape[-1]
   num_non_void = class_logits.shape[-1] - 1
   class_ids = thing_stuff_class_ids(num_non_void, options.thing_class_ids, options.void_label)
   num_things = len(options.thing_class_ids)
-
   class_pred, class_conf = _class_prediction(class_logits)
-  full_logits = resize_align_corners(mask_logits, output_size)
 
   if options.transformer_post_processing == MASKWISE:
     maps = _maskwise_maps(mask_logits, full_logits, class_pred, class_conf, options,
@@ -475,11 +512,13 @@ def panoptic_predictions(pixel_space_mask_logits: tf.Tensor,
   # The semantic map: unthresholded pixelwise assignment (every slot detected).
   semantic_slot = maps.argmax_slot
   if semantic_slot is None:
-    semantic_slot = tf.argmax(full_logits, axis=-1, output_type=tf.int32)
+    _, semantic_slot = _max_and_argmax(full_logits)
   results[common.PRED_SEMANTIC_KEY] = tf.gather(
       tf.constant(class_ids, tf.int32), tf.gather(class_pred, semantic_slot, batch_dims=1))
   return results
 
+
+_compiled_maps_from_logits = tf.function(_maps_from_logits, jit_compile=True)
 
 # Graph version for eager callers (DeepLab2 also runs its post-processing as a
 # tf.function); inside an outer tf.function or XLA cluster it is inlined. One

@@ -25,6 +25,7 @@ from kmax_tf import common
 from kmax_tf.keras_setup import keras
 from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import convolutions
+from kmax_tf.layers import fused_inference
 from kmax_tf.layers import resize
 
 NormLayerFn = Callable[..., keras.layers.Layer]
@@ -322,7 +323,8 @@ class KMaXPredictionHead(keras.layers.Layer):
           self._auxiliary_semantic_head(semantic_features, training=training), tf.float32)
 
     pixel_feature = self._pixel_space_head(panoptic_features, training=training)
-    pixel_feature = self._pixel_space_feature_batch_norm(pixel_feature, training=training)
+    pixel_feature = fused_inference.batch_norm(self._pixel_space_feature_batch_norm, pixel_feature,
+                                               training)
     pixel_feature = tf.math.l2_normalize(pixel_feature, axis=-1)
     results[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE_KEY] = tf.cast(pixel_feature, tf.float32)
 
@@ -335,7 +337,8 @@ class KMaXPredictionHead(keras.layers.Layer):
     mask_kernel = self._transformer_mask_head(features['transformer_mask_feature'],
                                               training=training)
     mask_logits = tf.einsum('bhwd,bid->bhwi', pixel_feature, mask_kernel)
-    mask_logits = self._pixel_space_mask_batch_norm(mask_logits[..., None], training=training)
+    mask_logits = fused_inference.batch_norm(self._pixel_space_mask_batch_norm,
+                                             mask_logits[..., None], training)
     results[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY] = tf.cast(mask_logits[..., 0], tf.float32)
 
     if common.PRED_AUXILIARY_OUTPUTS in features:

@@ -30,6 +30,7 @@ from kmax_tf.layers import activations
 from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import convolutions
 from kmax_tf.layers import drop_path
+from kmax_tf.layers import fused_inference
 
 NormLayerFn = Callable[..., keras.layers.Layer]
 
@@ -140,6 +141,7 @@ class KMaXTransformerLayer(keras.layers.Layer):
     self._num_heads = num_heads
     self._activation_fn = activations.get_activation(activation)
     self._drop_path_keep_prob = drop_path_keep_prob
+    self._activation = activation
 
     def conv1d(channels, attribute, act='none', gamma='ones', init='he_normal'):
       return convolutions.Conv1D(
@@ -181,7 +183,10 @@ class KMaXTransformerLayer(keras.layers.Layer):
     pixels = tf.reshape(pixel_feature, [-1, height * width, pixel_channels])
 
     memory = self._memory_conv1_bn_act(centers, training=training)
-    pixel_space = self._pixel_conv1_bn_act(self._activation_fn(pixels), training=training)
+    activated = fused_inference.activation(pixels, training, self._activation)
+    if activated is None:
+      activated = self._activation_fn(pixels)
+    pixel_space = self._pixel_conv1_bn_act(activated, training=training)
 
     qkv = self._memory_qkv_conv_bn(memory, training=training)
     query, key, value = tf.split(

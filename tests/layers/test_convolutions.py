@@ -48,3 +48,37 @@ def test_conv1d_with_bn_on_sequences():
   y = layer(tf.ones([2, 128, 256]), training=False)
   assert y.shape == (2, 128, 16)
   assert layer._conv.kernel.shape == (1, 256, 16)
+
+
+def _keras_depthwise(layer, x):
+  """What the wrapped keras DepthwiseConv2D computes on x (DeepLab2's op)."""
+  if not convolutions._is_unit_stride(layer._strides):
+    x = layer._zeropad(x)
+  return layer._depthwise_conv.call(x)
+
+
+@pytest.mark.parametrize('strides,atrous_rate', [(1, 1), (2, 1), (1, 2)])
+def test_depthwise_matches_keras_depthwise_in_every_backend(strides, atrous_rate):
+  layer = convolutions.DepthwiseConv2DSame(5, 'depthwise', strides=strides,
+                                           atrous_rate=atrous_rate, use_bias=True)
+  x = tf.random.uniform([2, 13, 11, 6], -1, 1, seed=3)
+  layer.build(x.shape)
+  layer._depthwise_conv.bias.assign(tf.range(6, dtype=tf.float32) * 0.1)
+  expected = _keras_depthwise(layer, x).numpy()
+  assert expected.shape == (2, -(-13 // strides), -(-11 // strides), 6)
+  # Inference (undilated: grouped conv with oneDNN): bit-identical to DepthwiseConv2dNative.
+  np.testing.assert_array_equal(layer(x, training=False), expected)
+  np.testing.assert_array_equal(tf.function(lambda v: layer(v, training=False))(x),
+                                tf.function(lambda v: _keras_depthwise(layer, v))(x))
+  np.testing.assert_array_equal(layer(x, training=True), expected)
+  # XLA (shifted multiply-adds): same values up to float rounding.
+  xla = tf.function(lambda v: layer(v, training=False), jit_compile=True)(x)
+  np.testing.assert_allclose(xla, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_variables_keep_keras_names():
+  layer = convolutions.DepthwiseConv2DSame(3, 'depthwise', use_bias=True)
+  layer(tf.ones([1, 5, 5, 4]))
+  assert sorted(v.name for v in layer.variables) == [
+      'depthwise/depthwise_conv/bias:0', 'depthwise/depthwise_conv/depthwise_kernel:0']
+  assert layer._depthwise_conv.depthwise_kernel.shape == (3, 3, 4, 1)

@@ -162,8 +162,10 @@ def test_eager_function_and_xla_agree(coco):
     outputs = compiled(images)
     for key in RAW_KEYS:
       assert relative_error(outputs[key], eager[key].numpy()) <= 2e-5, (jit_compile, key)
+    # Maps can differ only where a threshold or argmax meets a float32 near-tie.
     for key in MAP_KEYS + (common.PRED_INSTANCE_KEY,):
-      np.testing.assert_array_equal(outputs[key].numpy(), eager[key].numpy())
+      agreement = np.mean(outputs[key].numpy() == eager[key].numpy())
+      assert agreement >= 0.999, (jit_compile, key, agreement)
 
 
 def _small_coco_config(dl2_reference, crop=(65, 97)):
