@@ -70,6 +70,7 @@ class AxialAttention(keras.layers.Layer):
     self._retrieve_value_content = retrieve_value_content
     self._query_key_rpe_std = initialization_std_for_query_key_rpe
     self._value_rpe_std = initialization_std_for_value_rpe
+    self._attention_name = self_attention_activation.lower()
     self._attention_fn = activations.get_activation(self_attention_activation)
     self._conv_kernel_weight_decay = conv_kernel_weight_decay
     self._batch_norm_qkv = bn_layer(axis=-1, name='batch_norm_qkv')
@@ -128,18 +129,24 @@ class AxialAttention(keras.layers.Layer):
       similarities.append(tf.einsum('bhld,lmd->bhlm', query, self._query_rpe(None)))
     if self._use_key_rpe_similarity:
       similarities.append(tf.einsum('bhmd,lmd->bhlm', key, self._key_rpe(None)))
-    similarity = fused_inference.batch_norm(self._batch_norm_similarity, tf.stack(similarities),
-                                            training)
-    weights = self._attention_fn(tf.reduce_sum(similarity, axis=0))  # [N, heads, L, M]
+    weights = None  # [N, heads, L, M]
+    if self._attention_name == 'softmax':
+      weights = fused_inference.batch_norm_sum(self._batch_norm_similarity, similarities,
+                                               training, then='softmax')
+    if weights is None:
+      similarity = self._batch_norm_similarity(tf.stack(similarities), training=training)
+      weights = self._attention_fn(tf.reduce_sum(similarity, axis=0))
 
     retrieved = []
     if self._retrieve_value_content:
       retrieved.append(tf.einsum('bhlm,bhmd->bhld', weights, value))
     if self._retrieve_value_rpe:
       retrieved.append(tf.einsum('bhlm,lmd->bhld', weights, self._value_rpe(None)))
-    output = fused_inference.batch_norm(self._batch_norm_retrieved_output, tf.stack(retrieved),
-                                        training)
-    output = tf.reduce_sum(output, axis=0)  # [N, heads, L, dv]
+    output = fused_inference.batch_norm_sum(self._batch_norm_retrieved_output, retrieved,
+                                            training)  # [N, heads, L, dv]
+    if output is None:
+      output = self._batch_norm_retrieved_output(tf.stack(retrieved), training=training)
+      output = tf.reduce_sum(output, axis=0)
     output = tf.transpose(output, [0, 2, 1, 3])
     return tf.reshape(output, [-1, length, self._total_value_depth])
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 from kmax_tf import common
 from kmax_tf.keras_setup import keras
 from kmax_tf.layers import axial_block_groups
+from kmax_tf.layers import fused_inference
 from kmax_tf.layers import resized_fuse
 from kmax_tf.layers.convolutions import NormLayerFn
 
@@ -64,7 +65,7 @@ class KMaXPixelDecoder(keras.Model):
     if num_stages not in (4, 5):
       raise ValueError(f'{name}: 4 stages (output stride 4) or 5 (output stride 2) are '
                        f'supported, got {num_stages}')
-    self._backbone_norms = [keras.layers.LayerNormalization(epsilon=1e-6)
+    self._backbone_norms = [fused_inference.LayerNormalization(epsilon=1e-6)
                             for _ in range(num_stages)]
     self._stages = []
     for index, (filters, blocks, block_type) in enumerate(zip(dims, num_blocks, block_types)):

@@ -20,6 +20,7 @@ Checkpoint layout (DeepLab2's): the decoder's layers are the list
 `_block1_transformer` (see `checkpoint_names.transformer_attribute`).
 """
 
+import weakref
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -31,6 +32,7 @@ from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import convolutions
 from kmax_tf.layers import drop_path
 from kmax_tf.layers import fused_inference
+from kmax_tf.layers import xla_context
 
 NormLayerFn = Callable[..., keras.layers.Layer]
 
@@ -49,6 +51,10 @@ FEATURE_SEMANTIC = 'feature_semantic'
 # Optional intermediate outputs (return_intermediates=True).
 CLUSTER_CENTERS_INIT = 'cluster_centers_init'
 CLUSTER_CENTERS_AFTER_LAYER = 'cluster_centers_after_layer{}'
+
+# Per layer, its compiled centre-side steps; kept off the layer so that Keras
+# and SavedModel do not track them.
+_COMPILED_CENTER_STEPS: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
 
 
 class MultiHeadSelfAttention(keras.layers.Layer):
@@ -176,25 +182,71 @@ class KMaXTransformerLayer(keras.layers.Layer):
     mask = drop_path.random_keep_mask(branch, self._drop_path_keep_prob)
     return branch if mask is None else branch * mask
 
+  def _center_projections(self, centers: tf.Tensor, training):
+    """Centre-side inputs of a layer.
+
+    Args:
+      centers: float [B, N, C].
+      training: BatchNorm mode.
+
+    Returns:
+      (memory [B, N, C_b], query and key [B, heads, N, d_k], value [B, N, heads, d_v]).
+    """
+    num_slots = centers.shape[1]
+    memory = self._memory_conv1_bn_act(centers, training=training)
+    qkv = self._memory_qkv_conv_bn(memory, training=training)
+    query, key, value = tf.split(
+        qkv, [self._key_channels, self._key_channels, self._value_channels], axis=-1)
+    value = tf.reshape(value, [-1, num_slots, self._num_heads,
+                               self._value_channels // self._num_heads])
+    return (memory, _split_heads(query, self._num_heads), _split_heads(key, self._num_heads),
+            value)
+
+  def _center_update(self, centers, update, query, key, value, training) -> tf.Tensor:
+    """k-means update, self-attention and FFN of the centres. update: [B, N, C_v] pixel sums."""
+    update = self._kmeans_memory_batch_norm_retrieved_value(update, training=training)
+    update = self._kmeans_memory_conv3_bn(update, training=training)
+    centers = centers + self._drop_path(update, training)
+
+    attended = self._memory_attention((query, key, value), training=training)
+    attended = self._memory_conv3_bn(attended, training=training)
+    centers = self._activation_fn(centers + self._drop_path(attended, training))
+
+    hidden = self._memory_ffn_conv1_bn_act(centers, training=training)
+    hidden = self._memory_ffn_conv2_bn(hidden, training=training)
+    return self._activation_fn(centers + self._drop_path(hidden, training))
+
+  def _inference_functions(self):
+    """The centre-side steps as XLA functions (inference only), or None.
+
+    They work on [B, N, C] tensors (N = 128 centres): about 150 small ops per
+    layer, whose scheduling costs more than their arithmetic; compiled, each
+    step is one kernel launch. Used once the layer is built, outside XLA.
+    """
+    if xla_context.in_xla_context() or not self._memory_ffn_conv2_bn.built:
+      return None
+    if self not in _COMPILED_CENTER_STEPS:
+      _COMPILED_CENTER_STEPS[self] = (
+          tf.function(lambda c: self._center_projections(c, False), jit_compile=True),
+          tf.function(lambda *args: self._center_update(*args, False), jit_compile=True))
+    return _COMPILED_CENTER_STEPS[self]
+
   def call(self, inputs, training=False) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     pixel_feature, centers = inputs
     _, height, width, pixel_channels = pixel_feature.shape.as_list()
     num_slots = centers.shape[1]
     pixels = tf.reshape(pixel_feature, [-1, height * width, pixel_channels])
+    inference = training is None or training is False
+    compiled = self._inference_functions() if inference else None
+    center_projections, center_update = compiled or (
+        lambda c: self._center_projections(c, training),
+        lambda *args: self._center_update(*args, training))
 
-    memory = self._memory_conv1_bn_act(centers, training=training)
+    memory, query, key, value = center_projections(centers)
     activated = fused_inference.activation(pixels, training, self._activation)
     if activated is None:
       activated = self._activation_fn(pixels)
     pixel_space = self._pixel_conv1_bn_act(activated, training=training)
-
-    qkv = self._memory_qkv_conv_bn(memory, training=training)
-    query, key, value = tf.split(
-        qkv, [self._key_channels, self._key_channels, self._value_channels], axis=-1)
-    query = _split_heads(query, self._num_heads)
-    key = _split_heads(key, self._num_heads)
-    value = tf.reshape(value, [-1, num_slots, self._num_heads,
-                               self._value_channels // self._num_heads])
     pixel_value = self._pixel_v_conv_bn(pixel_space, training=training)  # [B, HW, C_v]
 
     # k-means assignment: every pixel goes to the centre with the largest mask logit.
@@ -209,17 +261,7 @@ class KMaXTransformerLayer(keras.layers.Layer):
                    dtype=pixel_value.dtype))
     # k-means update: sum of the assigned pixels' values per centre.
     update = tf.einsum('blm,bld->bmd', assignment, pixel_value)
-    update = self._kmeans_memory_batch_norm_retrieved_value(update, training=training)
-    update = self._kmeans_memory_conv3_bn(update, training=training)
-    centers = centers + self._drop_path(update, training)
-
-    attended = self._memory_attention((query, key, value), training=training)
-    attended = self._memory_conv3_bn(attended, training=training)
-    centers = self._activation_fn(centers + self._drop_path(attended, training))
-
-    hidden = self._memory_ffn_conv1_bn_act(centers, training=training)
-    hidden = self._memory_ffn_conv2_bn(hidden, training=training)
-    centers = self._activation_fn(centers + self._drop_path(hidden, training))
+    centers = center_update(centers, update, query, key, value)
     return centers, auxiliary
 
 

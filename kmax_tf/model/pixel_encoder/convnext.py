@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from kmax_tf.keras_setup import keras
 from kmax_tf.layers import drop_path
+from kmax_tf.layers import fused_inference
 
 # Variant -> (blocks per stage, channels per stage).
 CONVNEXT_VARIANTS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
@@ -55,7 +56,7 @@ def _dense(units: int) -> keras.layers.Dense:
 
 
 def _layer_norm() -> keras.layers.LayerNormalization:
-  return keras.layers.LayerNormalization(epsilon=_LAYER_NORM_EPSILON)
+  return fused_inference.LayerNormalization(epsilon=_LAYER_NORM_EPSILON)
 
 
 def _drop_path_or_identity(keep_prob: float) -> keras.layers.Layer:
