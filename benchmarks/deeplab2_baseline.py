@@ -1,0 +1,85 @@
+"""DeepLab2's own kMaX-DeepLab as a side-by-side baseline for the benchmarks.
+
+Nothing of DeepLab2 ships with kmax_tf: point `deeplab2_root` at a directory
+that contains a DeepLab2 checkout as the package `deeplab2` with its protos
+compiled, e.g.
+
+  git clone https://github.com/google-research/deeplab2 /opt/dl2/deeplab2
+  python -m grpc_tools.protoc -I/opt/dl2 --python_out=/opt/dl2 /opt/dl2/deeplab2/*.proto
+
+and pass `--deeplab2_root=/opt/dl2`. The model is built like DeepLab2's
+trainer builds it (symbolic call on the train crop) from one of our configs
+(the schema is DeepLab2's), then restored from the same reference weights as
+our model, so both run the same network on the same input.
+
+TensorFlow must be imported with `TF_USE_LEGACY_KERAS=1` (DeepLab2 needs
+Keras 2); the benchmark scripts set it before their first TensorFlow import.
+"""
+
+import os
+import re
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+
+from tests.helpers import dl2_checkpoint
+
+_PLACEHOLDER = re.compile(r'\$\{[A-Za-z_][A-Za-z0-9_]*\}')
+
+
+def _import_deeplab2(deeplab2_root: str):
+  """(config_pb2, dataset, kmax_deeplab) modules of the DeepLab2 under deeplab2_root."""
+  package = os.path.join(deeplab2_root, 'deeplab2')
+  if not os.path.isfile(os.path.join(package, 'model', 'kmax_deeplab.py')):
+    raise ValueError(f'--deeplab2_root={deeplab2_root}: expected a DeepLab2 checkout at '
+                     f'{package} (with model/kmax_deeplab.py)')
+  if not os.path.isfile(os.path.join(package, 'config_pb2.py')):
+    raise ValueError(f'--deeplab2_root={deeplab2_root}: DeepLab2\'s protos are not compiled; run '
+                     f'python -m grpc_tools.protoc -I{deeplab2_root} --python_out={deeplab2_root} '
+                     f'{package}/*.proto')
+  if 'tf_keras' not in tf.keras.__name__:
+    raise RuntimeError('DeepLab2 needs Keras 2: set TF_USE_LEGACY_KERAS=1 before importing '
+                       'TensorFlow')
+  if deeplab2_root not in sys.path:
+    sys.path.insert(0, deeplab2_root)
+  # pylint: disable=g-import-not-at-top
+  from deeplab2 import config_pb2
+  from deeplab2.data import dataset
+  from deeplab2.model import kmax_deeplab
+  return config_pb2, dataset, kmax_deeplab
+
+
+def build_deeplab2_model(deeplab2_root: str, config_path: str, crop: int, manifest_path: str,
+                         moving_stats_path: str):
+  """DeepLab2's KMaXDeepLab for `config_path` at crop x crop, reference weights restored.
+
+  Args:
+    deeplab2_root: directory holding the `deeplab2` package (protos compiled).
+    config_path: an ExperimentOptions textproto (placeholders are emptied).
+    crop: square train/eval crop.
+    manifest_path: the reference checkpoint manifest (.tsv) of that config.
+    moving_stats_path: the calibrated BatchNorm statistics (.npz).
+
+  Returns:
+    The DeepLab2 model; `model(images, training=False)` as for ours.
+  """
+  config_pb2, dataset, kmax_deeplab = _import_deeplab2(deeplab2_root)
+  with open(config_path) as f:
+    config = text_format.Parse(_PLACEHOLDER.sub('', f.read()), config_pb2.ExperimentOptions())
+  config.model_options.initial_checkpoint = ''
+  config.model_options.backbone.pretrained_weights = ''
+  for options in (config.train_dataset_options, config.eval_dataset_options):
+    del options.crop_size[:]
+    options.crop_size.extend([crop, crop])
+  descriptor = dataset.MAP_NAME_TO_DATASET_INFO[config.train_dataset_options.dataset]
+  model = kmax_deeplab.KMaXDeepLab(config, descriptor)
+  model(tf.keras.Input([crop, crop, 3]), training=False)
+  manifest = dl2_checkpoint.read_manifest(manifest_path)
+  values = dl2_checkpoint.manifest_values(manifest, dict(np.load(moving_stats_path)))
+  with tempfile.TemporaryDirectory() as directory:
+    path = dl2_checkpoint.write_checkpoint(values, os.path.join(directory, 'ckpt'))
+    tf.train.Checkpoint(**model.checkpoint_items).read(path).assert_consumed()
+  return model
