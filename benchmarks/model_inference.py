@@ -14,7 +14,7 @@ post-processing, in three modes:
   option; this CPU has AVX512_BF16). Not the headline: its numbers differ.
 
 With `--deeplab2_root` (a directory holding a DeepLab2 checkout as the package
-`deeplab2`, protos compiled; see deeplab2_baseline.py) DeepLab2's own model,
+`deeplab2`, protos compiled; see tests/helpers/deeplab2_model.py) DeepLab2's own model,
 restored from the same weights, runs side by side as the baseline rows
 'DL2 eager' and 'DL2 tf.function'.
 
@@ -54,7 +54,7 @@ from kmax_tf import common  # noqa: E402
 from kmax_tf.config import loader  # noqa: E402
 from kmax_tf.keras_setup import keras  # noqa: E402
 from kmax_tf.model import builder  # noqa: E402
-import deeplab2_baseline  # noqa: E402  (this folder)
+from tests.helpers import deeplab2_model  # noqa: E402
 from tests.helpers import dl2_checkpoint  # noqa: E402
 
 _CONFIG = os.path.join(_REPO_ROOT, 'configs', 'coco', 'kmax_meta_r50_os32.textproto')
@@ -148,8 +148,9 @@ def main():
   bf16_model = None if args.no_bf16 else _build_model(args.crop, 'mixed_bfloat16')
   deeplab2 = None
   if args.deeplab2_root:
-    deeplab2 = deeplab2_baseline.build_deeplab2_model(
-        os.path.abspath(args.deeplab2_root), _CONFIG, args.crop, _MANIFEST, _MOVING_STATS)
+    deeplab2 = deeplab2_model.build_deeplab2_model(
+        os.path.abspath(args.deeplab2_root), _CONFIG, (args.crop, args.crop))
+    deeplab2_model.restore_reference_weights(deeplab2, _MANIFEST, _MOVING_STATS)
   print(f'models built and restored in {time.perf_counter() - start:.1f} s')
   image = tf.constant(_voronoi_image(args.crop, args.crop))
   modes = {

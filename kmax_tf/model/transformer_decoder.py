@@ -20,6 +20,7 @@ Checkpoint layout (DeepLab2's): the decoder's layers are the list
 `_block1_transformer` (see `checkpoint_names.transformer_attribute`).
 """
 
+import functools
 import weakref
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -226,9 +227,13 @@ class KMaXTransformerLayer(keras.layers.Layer):
     if xla_context.in_xla_context() or not self._memory_ffn_conv2_bn.built:
       return None
     if self not in _COMPILED_CENTER_STEPS:
+      # Partials, not lambdas: TensorFlow counts retracing per code object, and
+      # lambdas shared by every layer would look like one function retraced.
       _COMPILED_CENTER_STEPS[self] = (
-          tf.function(lambda c: self._center_projections(c, False), jit_compile=True),
-          tf.function(lambda *args: self._center_update(*args, False), jit_compile=True))
+          tf.function(functools.partial(self._center_projections, training=False),
+                      jit_compile=True),
+          tf.function(functools.partial(self._center_update, training=False),
+                      jit_compile=True))
     return _COMPILED_CENTER_STEPS[self]
 
   def call(self, inputs, training=False) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:

@@ -1,25 +1,25 @@
-"""DeepLab2's own kMaX-DeepLab as a side-by-side baseline for the benchmarks.
+"""DeepLab2's own kMaX-DeepLab, built from a user's DeepLab2 checkout, for side-by-side runs.
 
-Nothing of DeepLab2 ships with kmax_tf: point `deeplab2_root` at a directory
+Used by the optional side-by-side parity test and by the benchmarks' baseline
+rows. Nothing of DeepLab2 ships with kmax_tf: `deeplab2_root` is a directory
 that contains a DeepLab2 checkout as the package `deeplab2` with its protos
 compiled, e.g.
 
   git clone https://github.com/google-research/deeplab2 /opt/dl2/deeplab2
   python -m grpc_tools.protoc -I/opt/dl2 --python_out=/opt/dl2 /opt/dl2/deeplab2/*.proto
 
-and pass `--deeplab2_root=/opt/dl2`. The model is built like DeepLab2's
-trainer builds it (symbolic call on the train crop) from one of our configs
-(the schema is DeepLab2's), then restored from the same reference weights as
-our model, so both run the same network on the same input.
+The model is built like DeepLab2's trainer builds it (symbolic call on the
+train crop) from one of our configs (the schema is DeepLab2's).
 
 TensorFlow must be imported with `TF_USE_LEGACY_KERAS=1` (DeepLab2 needs
-Keras 2); the benchmark scripts set it before their first TensorFlow import.
+Keras 2); tests/conftest.py and the benchmark scripts set it first.
 """
 
 import os
 import re
 import sys
 import tempfile
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -52,19 +52,17 @@ def _import_deeplab2(deeplab2_root: str):
   return config_pb2, dataset, kmax_deeplab
 
 
-def build_deeplab2_model(deeplab2_root: str, config_path: str, crop: int, manifest_path: str,
-                         moving_stats_path: str):
-  """DeepLab2's KMaXDeepLab for `config_path` at crop x crop, reference weights restored.
+def build_deeplab2_model(deeplab2_root: str, config_path: str, crop: Sequence[int]):
+  """DeepLab2's KMaXDeepLab for `config_path` at `crop` (height, width), built, not restored.
 
   Args:
     deeplab2_root: directory holding the `deeplab2` package (protos compiled).
     config_path: an ExperimentOptions textproto (placeholders are emptied).
-    crop: square train/eval crop.
-    manifest_path: the reference checkpoint manifest (.tsv) of that config.
-    moving_stats_path: the calibrated BatchNorm statistics (.npz).
+    crop: train/eval crop (height, width).
 
   Returns:
-    The DeepLab2 model; `model(images, training=False)` as for ours.
+    The DeepLab2 model; `model(images, training=False)` as for ours, and
+    `model.checkpoint_items` as DeepLab2's trainer checkpoints it.
   """
   config_pb2, dataset, kmax_deeplab = _import_deeplab2(deeplab2_root)
   with open(config_path) as f:
@@ -73,13 +71,23 @@ def build_deeplab2_model(deeplab2_root: str, config_path: str, crop: int, manife
   config.model_options.backbone.pretrained_weights = ''
   for options in (config.train_dataset_options, config.eval_dataset_options):
     del options.crop_size[:]
-    options.crop_size.extend([crop, crop])
+    options.crop_size.extend(list(crop))
   descriptor = dataset.MAP_NAME_TO_DATASET_INFO[config.train_dataset_options.dataset]
   model = kmax_deeplab.KMaXDeepLab(config, descriptor)
-  model(tf.keras.Input([crop, crop, 3]), training=False)
+  model(tf.keras.Input(list(crop) + [3]), training=False)
+  return model
+
+
+def restore_reference_weights(model, manifest_path: str, moving_stats_path: str) -> None:
+  """Restores the reference weights (rule + calibrated statistics) into a DeepLab2 model.
+
+  Args:
+    model: a built DeepLab2 model.
+    manifest_path: the reference checkpoint manifest (.tsv) of its config.
+    moving_stats_path: the calibrated BatchNorm statistics (.npz).
+  """
   manifest = dl2_checkpoint.read_manifest(manifest_path)
   values = dl2_checkpoint.manifest_values(manifest, dict(np.load(moving_stats_path)))
   with tempfile.TemporaryDirectory() as directory:
     path = dl2_checkpoint.write_checkpoint(values, os.path.join(directory, 'ckpt'))
     tf.train.Checkpoint(**model.checkpoint_items).read(path).assert_consumed()
-  return model
