@@ -21,7 +21,6 @@ Checkpoint layout (DeepLab2's): the decoder's layers are the list
 """
 
 import functools
-import weakref
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -52,10 +51,6 @@ FEATURE_SEMANTIC = 'feature_semantic'
 # Optional intermediate outputs (return_intermediates=True).
 CLUSTER_CENTERS_INIT = 'cluster_centers_init'
 CLUSTER_CENTERS_AFTER_LAYER = 'cluster_centers_after_layer{}'
-
-# Per layer, its compiled centre-side steps; kept off the layer so that Keras
-# and SavedModel do not track them.
-_COMPILED_CENTER_STEPS: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
 
 
 class MultiHeadSelfAttention(keras.layers.Layer):
@@ -176,6 +171,7 @@ class KMaXTransformerLayer(keras.layers.Layer):
         axis=-1, name='kmeans_memory_batch_norm_retrieved_value')
     self._kmeans_memory_conv3_bn = conv1d(cluster_center_channels, '_kmeans_memory_conv3_bn',
                                           gamma='zeros')
+    object.__setattr__(self, '_compiled_center_steps', None)  # see _inference_functions
 
   def _drop_path(self, branch: tf.Tensor, training: bool) -> tf.Tensor:
     if not training:
@@ -226,15 +222,16 @@ class KMaXTransformerLayer(keras.layers.Layer):
     """
     if xla_context.in_xla_context() or not self._memory_ffn_conv2_bn.built:
       return None
-    if self not in _COMPILED_CENTER_STEPS:
+    if self._compiled_center_steps is None:
       # Partials, not lambdas: TensorFlow counts retracing per code object, and
       # lambdas shared by every layer would look like one function retraced.
-      _COMPILED_CENTER_STEPS[self] = (
-          tf.function(functools.partial(self._center_projections, training=False),
-                      jit_compile=True),
-          tf.function(functools.partial(self._center_update, training=False),
-                      jit_compile=True))
-    return _COMPILED_CENTER_STEPS[self]
+      steps = (tf.function(functools.partial(self._center_projections, training=False),
+                           jit_compile=True),
+               tf.function(functools.partial(self._center_update, training=False),
+                           jit_compile=True))
+      # Set around Keras' attribute tracking: not part of checkpoints or SavedModels.
+      object.__setattr__(self, '_compiled_center_steps', steps)
+    return self._compiled_center_steps
 
   def call(self, inputs, training=False) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     pixel_feature, centers = inputs

@@ -129,3 +129,20 @@ def test_invalid_arguments():
     _small_decoder(1.0, layers=(2, 2))
   with pytest.raises(ValueError, match='num_mask_slots'):
     _small_decoder(1.0, slots=0)
+
+
+def test_compiled_centre_steps_match_the_layer_path():
+  endpoints = _small_endpoints()
+  decoder = _small_decoder(keep_prob=1.0)
+  decoder(endpoints, training=False)  # builds (plain path)
+  for weight in decoder.weights:  # non-trivial residual branches and statistics
+    if 'gamma' in weight.name or 'moving_variance' in weight.name:
+      weight.assign(tf.random.uniform(weight.shape, 0.5, 1.5, seed=1))
+  layer = decoder._kmax_decoder[0].transformer_layer  # pylint: disable=protected-access
+  compiled = decoder(endpoints, training=False)
+  assert layer._compiled_center_steps is not None  # pylint: disable=protected-access
+  # The same inference through the Keras layers (as inside an XLA function).
+  plain = tf.function(lambda e: decoder(e, training=False), jit_compile=True)(endpoints)
+  for key in (td.TRANSFORMER_CLASS_FEATURE, td.TRANSFORMER_MASK_FEATURE):
+    np.testing.assert_allclose(compiled[key], plain[key], rtol=1e-4, atol=1e-4 *
+                               np.abs(plain[key].numpy()).max())
