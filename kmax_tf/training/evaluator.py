@@ -1,12 +1,15 @@
-"""Orbit evaluator: panoptic quality, mIoU and prediction pictures.
+"""Orbit evaluator: panoptic quality, mIoU, mask AP and prediction pictures.
 
 Per evaluation sample (batch 1 per replica, as DeepLab2) the model runs with
-`training=False`; its panoptic / semantic predictions at the padded eval crop
-are cropped to the resized image and resized (nearest, align corners) to the
-original label size, then compared with the raw labels (DeepLab2's
-`undo_preprocessing`). The first `num_vis_samples` (at most MAX_VIS_SAMPLES)
-samples are drawn as image | ground truth | prediction rows into
-`<model_dir>/vis/predictions_step<step>.png` and TensorBoard.
+`training=False`; its panoptic / semantic predictions (and, for mask AP, the
+semantic and instance score maps) at the padded eval crop are cropped to the
+resized image and resized (nearest, align corners) to the original label
+size, then compared with the raw labels (DeepLab2's `undo_preprocessing`).
+Mask AP (`evaluator_options.compute_mask_ap`) is accumulated on the host with
+pycocotools, as DeepLab2's `PanopticInstanceAveragePrecision`. The first
+`num_vis_samples` (at most MAX_VIS_SAMPLES) samples are drawn as image |
+ground truth | prediction rows into `<model_dir>/vis/predictions_step<step>.png`
+and TensorBoard.
 """
 
 import os
@@ -22,10 +25,11 @@ from kmax_tf.training import visualization
 
 MAX_VIS_SAMPLES = 4
 _VIS_KEY = 'visualization'
+_MASK_AP_KEY = 'mask_ap'
 
 
 def undo_preprocessing(label_map: tf.Tensor, resized_size, raw_size) -> tf.Tensor:
-  """int [B, H, W] at the padded crop -> int [B, raw_h, raw_w] (nearest, align corners)."""
+  """[B, H, W] map at the padded crop -> [B, raw_h, raw_w] (nearest, align corners, same dtype)."""
   cropped = label_map[:, :resized_size[0], :resized_size[1]]
   resized = tf.compat.v1.image.resize(cropped[..., None], raw_size,
                                       method=tf.image.ResizeMethod.NEAREST_NEIGHBOR,
@@ -58,7 +62,7 @@ class Evaluator(orbit.StandardEvaluator):
         is_crowd_raw).
       descriptor: DatasetDescriptor; default from eval_dataset_options.
     """
-    from kmax_tf.evaluation import mean_iou, panoptic_quality_metric  # noqa: PLC0415
+    from kmax_tf.evaluation import mask_ap, mean_iou, panoptic_quality_metric  # noqa: PLC0415
     if descriptor is None:
       from kmax_tf.data import dataset_descriptors  # noqa: PLC0415
       descriptor = dataset_descriptors.descriptor_from_options(config.eval_dataset_options)
@@ -77,12 +81,21 @@ class Evaluator(orbit.StandardEvaluator):
         descriptor.num_classes, descriptor.ignore_label, descriptor.panoptic_label_divisor,
         descriptor.class_has_instances_list, variant=options.panoptic_quality_variant)
     self._miou = mean_iou.MeanIoUMetric(descriptor.num_classes, descriptor.ignore_label)
+    self._detailed_ap = options.detailed_ap_metrics
+    self._mask_ap = None
+    if options.compute_mask_ap:
+      thing_classes = [index for index, has_instances
+                       in enumerate(descriptor.class_has_instances_list) if has_instances]
+      self._mask_ap = mask_ap.MaskAP(descriptor.num_classes, descriptor.ignore_label,
+                                     descriptor.panoptic_label_divisor, thing_classes)
     self._vis_rows: List[np.ndarray] = []
     self.last_picture: Optional[str] = None
 
   def eval_begin(self):
     self._pq.reset_state()
     self._miou.reset_state()
+    if self._mask_ap is not None:
+      self._mask_ap.reset_state()
     self._vis_rows = []
 
   def eval_step(self, iterator):
@@ -100,12 +113,26 @@ class Evaluator(orbit.StandardEvaluator):
     if self._compute_miou:
       semantic = undo_preprocessing(outputs[common.PRED_SEMANTIC_KEY], resized_size, raw_size)
       self._miou.update_state(inputs[common.GT_SEMANTIC_RAW], semantic)
-    if not self._num_vis:
-      return {}
-    image = undo_image_preprocessing(inputs[common.IMAGE], resized_size, raw_size)
-    return {_VIS_KEY: (image, gt_panoptic, panoptic)}
+    step_outputs = {}
+    if self._mask_ap is not None:
+      is_crowd = inputs.get(common.GT_IS_CROWD_RAW, tf.zeros_like(gt_panoptic, tf.bool))
+      step_outputs[_MASK_AP_KEY] = (
+          gt_panoptic, panoptic,
+          undo_preprocessing(outputs[common.PRED_SEMANTIC_SCORES_KEY], resized_size, raw_size),
+          undo_preprocessing(outputs[common.PRED_INSTANCE_SCORES_KEY], resized_size, raw_size),
+          is_crowd)
+    if self._num_vis:
+      image = undo_image_preprocessing(inputs[common.IMAGE], resized_size, raw_size)
+      step_outputs[_VIS_KEY] = (image, gt_panoptic, panoptic)
+    return step_outputs
 
   def eval_reduce(self, state=None, step_outputs=None):
+    if step_outputs and _MASK_AP_KEY in step_outputs:
+      # One tuple per replica-local result; each holds a batch of images.
+      for gt, pred, semantic_scores, instance_scores, is_crowd in zip(
+          *step_outputs[_MASK_AP_KEY]):
+        self._mask_ap.update_state(gt.numpy(), pred.numpy(), semantic_scores.numpy(),
+                                   instance_scores.numpy(), is_crowd.numpy())
     if not step_outputs or _VIS_KEY not in step_outputs:
       return state
     images, gts, preds = step_outputs[_VIS_KEY]
@@ -123,6 +150,8 @@ class Evaluator(orbit.StandardEvaluator):
     logs = dict(self._pq.summary_scalars())
     if self._compute_miou:
       logs.update(self._miou.summary_scalars())
+    if self._mask_ap is not None:
+      logs.update(self._mask_ap.summary_scalars(detailed=self._detailed_ap))
     if self._vis_rows:
       self._write_pictures()
     return logs

@@ -30,8 +30,10 @@ class EchoModel(keras.Model):
     if self._corrupt:  # Misses the boxes: predicts grass there.
       semantic = tf.where(semantic == 2, 5, semantic)
       instance = tf.zeros_like(instance)
+    ones = tf.ones_like(images[..., 0])
     return {common.PRED_PANOPTIC_KEY: semantic * DIVISOR + instance,
-            common.PRED_SEMANTIC_KEY: semantic}
+            common.PRED_SEMANTIC_KEY: semantic,
+            common.PRED_SEMANTIC_SCORES_KEY: ones, common.PRED_INSTANCE_SCORES_KEY: ones}
 
 
 def _sample(index):
@@ -101,6 +103,24 @@ def test_perfect_and_wrong_predictions(tmp_path, corrupt):
   assert (image[6, 12 + 4 + 3] == box_color).all()  # ground truth panel, first box
   if not corrupt:
     np.testing.assert_array_equal(image[:10, 12 + 4:24 + 4], image[:10, 2 * 16:2 * 16 + 12])
+
+
+@pytest.mark.parametrize('corrupt', [False, True])
+def test_mask_ap_when_asked(tmp_path, corrupt):
+  config = _config()
+  config.evaluator_options.num_vis_samples = 0
+  config.evaluator_options.compute_mask_ap = True
+  config.evaluator_options.detailed_ap_metrics = True
+  evaluator = evaluator_lib.Evaluator(config, EchoModel(corrupt), tf.Variable(1, dtype=tf.int64),
+                                      str(tmp_path), _dataset(), descriptor=DESCRIPTOR)
+  logs = evaluator.evaluate(tf.constant(-1))
+  # Two box instances per image: all found exactly, or all missed.
+  assert logs['evaluation/ap/AP_Mask'] == pytest.approx(0.0 if corrupt else 1.0)
+  assert 'evaluation/ap/AR_Mask_maxdets=100' in logs
+  assert evaluator._mask_ap.num_gt_instances == 6  # pylint: disable=protected-access
+  assert 'evaluation/ap/AP_Mask' not in evaluator_lib.Evaluator(
+      _config(), EchoModel(), tf.Variable(1, dtype=tf.int64), str(tmp_path), _dataset(),
+      descriptor=DESCRIPTOR).evaluate(tf.constant(-1))
 
 
 def test_undo_preprocessing_crops_then_resizes():
