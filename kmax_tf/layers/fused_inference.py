@@ -1,4 +1,4 @@
-"""Inference-only fusion of BatchNorm + activation.
+"""Inference-only fusions of normalization layers with what surrounds them.
 
 Keras' BatchNormalization with `synchronized=True` (DeepLab2's choice) never
 uses the fused kernel, so at inference a BN is two full passes over its input
@@ -15,6 +15,10 @@ rounding:
   uses the erf form, 0.5 x (1 + erf(x / sqrt(2))): the same function as
   TensorFlow's erfc form (differences of a few float32 ulps of the layer's
   largest value), and XLA's erf is a third cheaper than its erfc.
+
+The same idea serves the axial attention's per-term BN + sum (+ softmax) of
+stacked similarities (`batch_norm_sum`) and LayerNorm (`LayerNormalization`,
+whose Keras form is five TensorFlow ops).
 
 Only used in inference (training keeps the plain Keras path, whose statistics
 and gradients it needs) and outside XLA (inside an XLA function everything is
