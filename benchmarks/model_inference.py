@@ -39,7 +39,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,12 +95,7 @@ def _build_float32_or_mixed_model(crop):
       overrides=[f'train_dataset_options.crop_size={crop},{crop}',
                  f'eval_dataset_options.crop_size={crop},{crop}'])
   model = builder.build_model(config)
-  manifest = dl2_checkpoint.read_manifest(_MANIFEST)
-  stats = dict(np.load(_MOVING_STATS))
-  with tempfile.TemporaryDirectory() as directory:
-    path = dl2_checkpoint.write_checkpoint(dl2_checkpoint.manifest_values(manifest, stats),
-                                           os.path.join(directory, 'ckpt'))
-    tf.train.Checkpoint(**model.checkpoint_items).read(path).assert_consumed()
+  dl2_checkpoint.restore_reference(model.checkpoint_items, _MANIFEST, _MOVING_STATS)
   return model
 
 

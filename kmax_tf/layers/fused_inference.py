@@ -50,11 +50,15 @@ def _is_inference(training) -> bool:
   return training is None or training is False
 
 
+def inference_outside_xla(training) -> bool:
+  """True when the inference-only rewrites apply: not training, not traced for XLA."""
+  return _is_inference(training) and not xla_context.in_xla_context()
+
+
 def _applicable(training, activation: Optional[str]) -> bool:
   """Inference outside XLA, with an activation the rewrites keep exact."""
-  if not _is_inference(training) or xla_context.in_xla_context():
-    return False
-  return (activation or 'none').lower() in _FUSABLE_ACTIVATIONS
+  return (inference_outside_xla(training) and
+          (activation or 'none').lower() in _FUSABLE_ACTIVATIONS)
 
 
 def _large(x: tf.Tensor) -> bool:

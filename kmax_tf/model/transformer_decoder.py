@@ -32,7 +32,6 @@ from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import convolutions
 from kmax_tf.layers import drop_path
 from kmax_tf.layers import fused_inference
-from kmax_tf.layers import xla_context
 
 NormLayerFn = Callable[..., keras.layers.Layer]
 
@@ -218,9 +217,10 @@ class KMaXTransformerLayer(keras.layers.Layer):
 
     They work on [B, N, C] tensors (N = 128 centres): about 150 small ops per
     layer, whose scheduling costs more than their arithmetic; compiled, each
-    step is one kernel launch. Used once the layer is built, outside XLA.
+    step is one kernel launch. Used once the layer is built (by the caller:
+    in inference outside XLA).
     """
-    if xla_context.in_xla_context() or not self._memory_ffn_conv2_bn.built:
+    if not self._memory_ffn_conv2_bn.built:
       return None
     if self._compiled_center_steps is None:
       # Partials, not lambdas: TensorFlow counts retracing per code object, and
@@ -238,8 +238,8 @@ class KMaXTransformerLayer(keras.layers.Layer):
     _, height, width, pixel_channels = pixel_feature.shape.as_list()
     num_slots = centers.shape[1]
     pixels = tf.reshape(pixel_feature, [-1, height * width, pixel_channels])
-    inference = training is None or training is False
-    compiled = self._inference_functions() if inference else None
+    compiled = (self._inference_functions() if fused_inference.inference_outside_xla(training)
+                else None)
     center_projections, center_update = compiled or (
         lambda c: self._center_projections(c, training),
         lambda *args: self._center_update(*args, training))

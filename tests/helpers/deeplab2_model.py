@@ -18,10 +18,8 @@ Keras 2); tests/conftest.py and the benchmark scripts set it first.
 import os
 import re
 import sys
-import tempfile
 from typing import Sequence
 
-import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 
@@ -79,15 +77,5 @@ def build_deeplab2_model(deeplab2_root: str, config_path: str, crop: Sequence[in
 
 
 def restore_reference_weights(model, manifest_path: str, moving_stats_path: str) -> None:
-  """Restores the reference weights (rule + calibrated statistics) into a DeepLab2 model.
-
-  Args:
-    model: a built DeepLab2 model.
-    manifest_path: the reference checkpoint manifest (.tsv) of its config.
-    moving_stats_path: the calibrated BatchNorm statistics (.npz).
-  """
-  manifest = dl2_checkpoint.read_manifest(manifest_path)
-  values = dl2_checkpoint.manifest_values(manifest, dict(np.load(moving_stats_path)))
-  with tempfile.TemporaryDirectory() as directory:
-    path = dl2_checkpoint.write_checkpoint(values, os.path.join(directory, 'ckpt'))
-    tf.train.Checkpoint(**model.checkpoint_items).read(path).assert_consumed()
+  """Restores the reference weights (rule + calibrated statistics) into a DeepLab2 model."""
+  dl2_checkpoint.restore_reference(model.checkpoint_items, manifest_path, moving_stats_path)

@@ -9,6 +9,7 @@ indistinguishable from the one DeepLab2's model writes.
 """
 
 import pathlib
+import tempfile
 import zlib
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -97,6 +98,29 @@ def write_checkpoint(values: Mapping[str, np.ndarray], prefix) -> str:
     setattr(node, parts[-1], tf.Variable(value))
   checkpoint = tf.train.Checkpoint(**root_children)
   return checkpoint.write(str(prefix))
+
+
+def restore_reference(items: Mapping[str, object], manifest_path,
+                      moving_stats_path=None, salt: str = SALT) -> Manifest:
+  """Restores reference weights strictly into `tf.train.Checkpoint(**items)`.
+
+  Writes the manifest rows under `items`' root names, valued by the rule and,
+  where given, the calibrated moving statistics (.npz) of those roots, then
+  reads them back with `assert_consumed`.
+
+  Returns:
+    The manifest rows that were restored.
+  """
+  manifest = [row for row in read_manifest(manifest_path) if row[0].split('/')[0] in items]
+  stats = {}
+  if moving_stats_path is not None:
+    with np.load(moving_stats_path) as data:
+      stats = {key: data[key] for key in data.files if key.split('/')[0] in items}
+  values = manifest_values(manifest, stats, salt)
+  with tempfile.TemporaryDirectory() as directory:
+    path = write_checkpoint(values, pathlib.Path(directory) / 'ckpt')
+    tf.train.Checkpoint(**items).read(path).assert_consumed()
+  return manifest
 
 
 def checkpoint_keys(path) -> Dict[str, Tuple[int, ...]]:

@@ -7,7 +7,6 @@ every output, intermediate and k-means assignment.
 """
 
 import json
-import tempfile
 
 import numpy as np
 import pytest
@@ -41,17 +40,10 @@ def load_reference_config(dl2_reference, name) -> config_pb2.ExperimentOptions:
 
 
 def restore_reference_weights(items, dl2_reference, name, manifest_name):
-  """Writes manifest + rule + moving statistics and restores it strictly into `items`."""
-  manifest = dl2_checkpoint.read_manifest(dl2_reference / 'manifests' / f'{manifest_name}.tsv')
-  root_names = set(items)
-  manifest = [row for row in manifest if row[0].split('/')[0] in root_names]
-  stats = np.load(dl2_reference / 'forward' / f'{name}_moving_stats.npz')
-  stats = {key: stats[key] for key in stats.files if key.split('/')[0] in root_names}
-  values = dl2_checkpoint.manifest_values(manifest, stats)
-  with tempfile.TemporaryDirectory() as directory:
-    path = dl2_checkpoint.write_checkpoint(values, f'{directory}/ckpt')
-    tf.train.Checkpoint(**items).read(path).assert_consumed()
-  return manifest
+  """Restores manifest + rule + moving statistics strictly into `items`; returns the manifest."""
+  return dl2_checkpoint.restore_reference(
+      items, dl2_reference / 'manifests' / f'{manifest_name}.tsv',
+      dl2_reference / 'forward' / f'{name}_moving_stats.npz')
 
 
 def relative_error(actual, expected) -> float:

@@ -2,7 +2,6 @@
 
 import functools
 import math
-import tempfile
 
 import numpy as np
 import pytest
@@ -48,15 +47,9 @@ def test_head_matches_deeplab2_on_stored_features(dl2_reference):
   head = _coco_head()
   features = _features(data)
   head(features)
-  items = head.checkpoint_items
-  manifest = dl2_checkpoint.read_manifest(dl2_reference / 'manifests' / 'coco_r50.tsv')
-  manifest = [row for row in manifest if row[0].split('/')[0] in items]
-  stats = np.load(dl2_reference / 'forward' / f'{_NAME}_moving_stats.npz')
-  stats = {k: stats[k] for k in stats.files if k.split('/')[0] in items}
-  values = dl2_checkpoint.manifest_values(manifest, stats)
-  with tempfile.TemporaryDirectory() as directory:
-    path = dl2_checkpoint.write_checkpoint(values, f'{directory}/ckpt')
-    tf.train.Checkpoint(**items).read(path).assert_consumed()
+  dl2_checkpoint.restore_reference(head.checkpoint_items,
+                                   dl2_reference / 'manifests' / 'coco_r50.tsv',
+                                   dl2_reference / 'forward' / f'{_NAME}_moving_stats.npz')
   outputs = head(features, training=False)
   for key in (common.PRED_SEMANTIC_LOGITS_KEY, common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE_KEY,
               common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY, common.PRED_TRANSFORMER_CLASS_LOGITS_KEY):

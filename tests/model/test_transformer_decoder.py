@@ -1,7 +1,6 @@
 """kMaX transformer decoder: parity on DeepLab2's stored pixel-decoder outputs."""
 
 import functools
-import tempfile
 
 import numpy as np
 import pytest
@@ -35,14 +34,9 @@ def reference(dl2_reference):
   endpoints = {key.split('/')[1]: tf.constant(data[key]) for key in data.files
                if key.split('/')[0] in ('encoder', 'pixel_decoder')}
   decoder(endpoints)  # builds the weights
-  manifest = dl2_checkpoint.read_manifest(dl2_reference / 'manifests' / 'coco_r50.tsv')
-  manifest = [row for row in manifest if row[0].startswith('transformer_decoder/')]
-  stats = np.load(dl2_reference / 'forward' / f'{_NAME}_moving_stats.npz')
-  stats = {k: stats[k] for k in stats.files if k.startswith('transformer_decoder/')}
-  values = dl2_checkpoint.manifest_values(manifest, stats)
-  with tempfile.TemporaryDirectory() as directory:
-    path = dl2_checkpoint.write_checkpoint(values, f'{directory}/ckpt')
-    tf.train.Checkpoint(transformer_decoder=decoder).read(path).assert_consumed()
+  dl2_checkpoint.restore_reference({'transformer_decoder': decoder},
+                                   dl2_reference / 'manifests' / 'coco_r50.tsv',
+                                   dl2_reference / 'forward' / f'{_NAME}_moving_stats.npz')
   outputs = decoder(endpoints, training=False, return_intermediates=True)
   return decoder, data, outputs
 
