@@ -133,6 +133,28 @@ def resize_nearest_align_corners(label: tf.Tensor, size: tf.Tensor) -> tf.Tensor
   return resized[0]
 
 
+def undo_preprocessing(maps: tf.Tensor, resized_size, raw_size) -> tf.Tensor:
+  """Predictions on the padded evaluation crop, back on the input image (DeepLab2's undo).
+
+  Crops to the resized image region (top-left), then resizes with
+  align-corners nearest neighbour to the raw image size.
+
+  Args:
+    maps: int or float [B, crop_h, crop_w] (panoptic, semantic, score maps).
+    resized_size: (height, width) of the resized image inside the crop; ints
+      or int32 scalars / an int32 [2] tensor.
+    raw_size: (height, width) of the input image, same forms.
+
+  Returns:
+    [B, raw_h, raw_w] in the dtype of `maps`.
+  """
+  cropped = maps[:, :resized_size[0], :resized_size[1]]
+  size = tf.cast(tf.stack([raw_size[0], raw_size[1]]), tf.int32)
+  restored = tf.raw_ops.ResizeNearestNeighbor(
+      images=cropped[..., None], size=size, align_corners=True, half_pixel_centers=False)
+  return restored[..., 0]
+
+
 def resize_to_range(image: tf.Tensor,
                     label: Optional[tf.Tensor],
                     min_size: SizeSpec = None,

@@ -15,7 +15,6 @@ from typing import Optional, Sequence, Tuple
 import tensorflow as tf
 
 from kmax_tf.data import preprocessing
-from kmax_tf.layers import resize
 
 # Value of output pixels outside an image, when a batch of encoded images of
 # different sizes is padded to the largest one.
@@ -85,22 +84,6 @@ def preprocess_batch(images: tf.Tensor, spec: ResizeSpec) -> tf.Tensor:
   crop_h, crop_w = spec.crop_size
   return tf.map_fn(lambda image: preprocess_image(image, spec), images,
                    fn_output_signature=tf.TensorSpec([crop_h, crop_w, 3], tf.float32))
-
-
-def undo_preprocessing(maps: tf.Tensor, resized: tf.Tensor, raw_size: tf.Tensor) -> tf.Tensor:
-  """Crops [B, crop_h, crop_w] maps to `resized` [2], resizes (nearest) to `raw_size` [2].
-
-  Args:
-    maps: int32 or float32 [B, crop_h, crop_w].
-    resized: int32 [2], the resized image size inside the padded crop.
-    raw_size: int32 [2], the input image size.
-
-  Returns:
-    [B, raw_h, raw_w], the dtype of `maps`.
-  """
-  cropped = maps[:, :resized[0], :resized[1]]
-  restored = resize.resize_align_corners(cropped[..., None], raw_size, method='nearest')
-  return restored[..., 0]
 
 
 def pad_to_size(image_map: tf.Tensor, size: Sequence[tf.Tensor]) -> tf.Tensor:

@@ -49,6 +49,7 @@ import kmax_tf
 from kmax_tf import common
 from kmax_tf.config import loader
 from kmax_tf.data import dataset_descriptors
+from kmax_tf.data import preprocessing as data_preprocessing
 from kmax_tf.export import preprocessing
 from kmax_tf.protos import config_pb2
 
@@ -164,7 +165,7 @@ class PanopticServingModule(tf.Module):
     raw_size = shape[1:3]
     maps = self._predict_crops(preprocessing.preprocess_batch(images, self._spec))
     resized = preprocessing.resized_size(raw_size, self._spec)
-    outputs = {key: preprocessing.undo_preprocessing(value, resized, raw_size)
+    outputs = {key: data_preprocessing.undo_preprocessing(value, resized, raw_size)
                for key, value in maps.items()}
     outputs[IMAGE_SIZE_KEY] = tf.tile(raw_size[None], [shape[0], 1])
     return outputs
@@ -191,7 +192,7 @@ class PanopticServingModule(tf.Module):
     def restore(args):
       image_maps, raw_size, resized = args
       return {key: preprocessing.pad_to_size(
-          preprocessing.undo_preprocessing(value[None], resized, raw_size)[0], max_size)
+          data_preprocessing.undo_preprocessing(value[None], resized, raw_size)[0], max_size)
               for key, value in image_maps.items()}
 
     outputs = tf.map_fn(restore, (maps, raw_sizes, resized_sizes), fn_output_signature={

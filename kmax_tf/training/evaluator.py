@@ -21,20 +21,12 @@ import tensorflow as tf
 from absl import logging
 
 from kmax_tf import common
+from kmax_tf.data import preprocessing
 from kmax_tf.training import visualization
 
 MAX_VIS_SAMPLES = 4
 _VIS_KEY = 'visualization'
 _MASK_AP_KEY = 'mask_ap'
-
-
-def undo_preprocessing(label_map: tf.Tensor, resized_size, raw_size) -> tf.Tensor:
-  """[B, H, W] map at the padded crop -> [B, raw_h, raw_w] (nearest, align corners, same dtype)."""
-  cropped = label_map[:, :resized_size[0], :resized_size[1]]
-  resized = tf.compat.v1.image.resize(cropped[..., None], raw_size,
-                                      method=tf.image.ResizeMethod.NEAREST_NEIGHBOR,
-                                      align_corners=True)
-  return tf.cast(resized[..., 0], label_map.dtype)
 
 
 def undo_image_preprocessing(image: tf.Tensor, resized_size, raw_size) -> tf.Tensor:
@@ -107,20 +99,21 @@ class Evaluator(orbit.StandardEvaluator):
     raw_size = [inputs[common.GT_SIZE_RAW][0, 0], inputs[common.GT_SIZE_RAW][0, 1]]
     resized_size = [tf.shape(inputs[common.RESIZED_IMAGE])[1],
                     tf.shape(inputs[common.RESIZED_IMAGE])[2]]
-    panoptic = undo_preprocessing(outputs[common.PRED_PANOPTIC_KEY], resized_size, raw_size)
+
+    def undo(key):
+      return preprocessing.undo_preprocessing(outputs[key], resized_size, raw_size)
+
+    panoptic = undo(common.PRED_PANOPTIC_KEY)
     gt_panoptic = inputs[common.GT_PANOPTIC_RAW]
     self._pq.update_state(gt_panoptic, panoptic, inputs.get(common.GT_IS_CROWD_RAW))
     if self._compute_miou:
-      semantic = undo_preprocessing(outputs[common.PRED_SEMANTIC_KEY], resized_size, raw_size)
-      self._miou.update_state(inputs[common.GT_SEMANTIC_RAW], semantic)
+      self._miou.update_state(inputs[common.GT_SEMANTIC_RAW], undo(common.PRED_SEMANTIC_KEY))
     step_outputs = {}
     if self._mask_ap is not None:
       is_crowd = inputs.get(common.GT_IS_CROWD_RAW, tf.zeros_like(gt_panoptic, tf.bool))
       step_outputs[_MASK_AP_KEY] = (
-          gt_panoptic, panoptic,
-          undo_preprocessing(outputs[common.PRED_SEMANTIC_SCORES_KEY], resized_size, raw_size),
-          undo_preprocessing(outputs[common.PRED_INSTANCE_SCORES_KEY], resized_size, raw_size),
-          is_crowd)
+          gt_panoptic, panoptic, undo(common.PRED_SEMANTIC_SCORES_KEY),
+          undo(common.PRED_INSTANCE_SCORES_KEY), is_crowd)
     if self._num_vis:
       image = undo_image_preprocessing(inputs[common.IMAGE], resized_size, raw_size)
       step_outputs[_VIS_KEY] = (image, gt_panoptic, panoptic)

@@ -81,7 +81,6 @@ def reference_maps(model, image: np.ndarray, config) -> dict:
   """The in-process model evaluated on one image the way evaluation does it."""
   from kmax_tf import common
   from kmax_tf.data import preprocessing
-  from kmax_tf.training import evaluator
   options = config.eval_dataset_options
   resized, padded, _ = preprocessing.preprocess_image_and_label(
       tf.constant(image), None, list(options.crop_size), label_pad_value=0, is_training=False,
@@ -90,6 +89,6 @@ def reference_maps(model, image: np.ndarray, config) -> dict:
   outputs = model(padded[None], training=False)
   resized_size = tf.shape(resized)[:2]
   raw_size = image.shape[:2]
-  return {key: evaluator.undo_preprocessing(outputs[key], resized_size, raw_size).numpy()[0]
+  return {key: preprocessing.undo_preprocessing(outputs[key], resized_size, raw_size).numpy()[0]
           for key in (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY,
                       common.PRED_INSTANCE_KEY)}

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from kmax_tf import common
 from kmax_tf.data import dataset_descriptors
+from kmax_tf.data import preprocessing
 from kmax_tf.keras_setup import keras
 from kmax_tf.protos import config_pb2
 from kmax_tf.training import evaluator as evaluator_lib
@@ -125,9 +126,9 @@ def test_mask_ap_when_asked(tmp_path, corrupt):
 
 def test_undo_preprocessing_crops_then_resizes():
   label = tf.reshape(tf.range(16), [1, 4, 4])
-  cropped = evaluator_lib.undo_preprocessing(label, [2, 3], [2, 3])
+  cropped = preprocessing.undo_preprocessing(label, [2, 3], [2, 3])
   np.testing.assert_array_equal(cropped.numpy()[0], [[0, 1, 2], [4, 5, 6]])
-  upsampled = evaluator_lib.undo_preprocessing(label, [2, 2], [3, 3])
+  upsampled = preprocessing.undo_preprocessing(label, [2, 2], [3, 3])
   np.testing.assert_array_equal(upsampled.numpy()[0, [0, 2]][:, [0, 2]], [[0, 1], [4, 5]])
 
 
