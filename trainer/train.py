@@ -31,8 +31,11 @@ flags.DEFINE_enum('strategy', '', ['', 'one_device', 'mirrored', 'multi_worker_m
 flags.DEFINE_multi_string('config_override', [], 'Applied after parsing, in order, e.g. '
                           'trainer_options.solver_options.base_learning_rate=0.001.')
 flags.DEFINE_multi_string('substitution', [], 'KEY=VALUE for ${KEY} placeholders in the config.')
-flags.DEFINE_bool('checkpoint_input_iterator', True, 'Also checkpoint the training input '
-                  'position (exact resume; the shuffle buffer is part of the checkpoint).')
+flags.DEFINE_enum('checkpoint_input_iterator', 'false', ['false', 'true', 'if_possible'],
+                  'Also checkpoint the training input position, for an exact resume. false (as '
+                  'DeepLab2): a resumed run reads a fresh input stream. true: stop at start-up if '
+                  'the pipeline cannot be saved; if_possible: then train without it. The state '
+                  'holds the shuffle and prefetch buffers (large at big batches and crops).')
 flags.DEFINE_integer('num_cpu_devices', 0, 'Split the CPU into this many logical devices '
                      '(testing MirroredStrategy without accelerators).')
 flags.mark_flags_as_required(['mode', 'model_dir', 'config_file'])

@@ -116,9 +116,15 @@ def solarize(image: tf.Tensor, threshold: int = 128) -> tf.Tensor:
   return tf.where(image < threshold, image, 255 - image)
 
 
+def _grey_to_rgb(grey: tf.Tensor) -> tf.Tensor:
+  """[H, W, 1] -> [H, W, 3]. tf.image.grayscale_to_rgb would add shape Asserts,
+  stateful ops that make the input pipeline's iterator unserializable."""
+  return tf.tile(grey, [1, 1, 3])
+
+
 def color(image: tf.Tensor, factor: float) -> tf.Tensor:
   """Saturation: blends with the greyscale image."""
-  grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+  grey = _grey_to_rgb(tf.image.rgb_to_grayscale(image))
   return blend(grey, image, factor)
 
 
@@ -133,7 +139,7 @@ def contrast(image: tf.Tensor, factor: float) -> tf.Tensor:
   histogram = tf.histogram_fixed_width(grey, [0, 255], nbins=256)
   constant = tf.reduce_sum(tf.cast(histogram, tf.float32)) / 256.0
   flat = tf.clip_by_value(tf.ones_like(grey, dtype=tf.float32) * constant, 0.0, 255.0)
-  return blend(tf.image.grayscale_to_rgb(tf.cast(flat, tf.uint8)), image, factor)
+  return blend(_grey_to_rgb(tf.cast(flat, tf.uint8)), image, factor)
 
 
 def brightness(image: tf.Tensor, factor: float) -> tf.Tensor:

@@ -10,6 +10,7 @@ renamed on completion) and the `checkpoint` index file last.
 
 import os
 import shutil
+import uuid
 from typing import Callable, Mapping, Optional
 
 import tensorflow as tf
@@ -38,6 +39,30 @@ def training_checkpoint_items(global_step: tf.Variable, model_items: Mapping[str
     if include_input_iterator and trainer.train_iterator is not None:
       items[INPUT_ITERATOR_KEY] = trainer.train_iterator
   return items
+
+
+def input_state_problem(iterator) -> Optional[str]:
+  """Why `iterator`'s state cannot be checkpointed (one sentence), or None if it can.
+
+  Writes the state of the (not yet started) iterator to TensorFlow's in-memory
+  file system, which fails the way the first real save would, e.g. for a
+  stateful op in the pipeline.
+  """
+  if iterator is None:
+    return ('with this strategy the input is read through tf.distribute iterators, '
+            'which cannot be saved.')
+  probe = f'ram://kmax_input_state_probe_{uuid.uuid4().hex}'
+  try:
+    tf.train.Checkpoint(**{INPUT_ITERATOR_KEY: iterator}).write(probe + '/ckpt')
+  except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError,
+          tf.errors.InvalidArgumentError) as error:
+    reason = error.message.strip().splitlines()[0]
+    reason = reason.split('}}')[-1].split('[Op:')[0].strip().rstrip('.')
+    return f'the input pipeline cannot be saved ({reason}).'
+  finally:
+    if tf.io.gfile.exists(probe):
+      tf.io.gfile.rmtree(probe)
+  return None
 
 
 def initial_checkpoint_items(model_items: Mapping[str, object], model_options) -> dict:

@@ -2,14 +2,26 @@
 
 Modes (DeepLab2's): 'train', 'eval', 'train_and_eval', 'continuous_eval'.
 
-Restart semantics: the checkpoint holds the global step, model, optimizers
-and (by default) the training input iterator. A run killed at any moment and
-restarted with the same command restores the newest checkpoint and continues
-from its step with the next unseen batch; the steps after that checkpoint are
-recomputed once (their updates were lost with the process), none is counted
-twice. `initial_checkpoint` is read only when model_dir holds no checkpoint.
+Restart semantics: the checkpoint holds the global step, model and
+optimizers. A run killed at any moment and restarted with the same command
+restores the newest checkpoint and continues from its step; the steps after
+that checkpoint are recomputed once (their updates were lost with the
+process), none is counted twice. `initial_checkpoint` is read only when
+model_dir holds no checkpoint.
+
+Input position. As DeepLab2 and Model Garden, the training input is by default
+not checkpointed: each input worker builds its own pipeline
+(`distribute_datasets_from_function`, per-replica batches prefetched to the
+device) and a resumed run continues with a fresh input stream.
+`checkpoint_input_iterator=INPUT_STATE_REQUIRED` also saves the input position
+(exact order on resume; single-worker strategies only, see
+`Trainer.train_iterator`), `INPUT_STATE_IF_POSSIBLE` saves it when the pipeline
+can be saved. Either is checked at start-up, before any work. The saved state
+holds the pipeline's buffers (shuffled records, prefetched batches), so at
+large batches and crops it is big: measure before turning it on.
 """
 
+import inspect
 import os
 import sys
 from typing import Callable, Optional
@@ -30,6 +42,11 @@ STOP = 'stop'
 RESTORE = 'restore'
 # Consecutive non-finite events tolerated with non_finite_loss_action='restore'.
 MAX_NON_FINITE_RESTORES = 3
+# Values of `checkpoint_input_iterator` (trainer/train.py's flag of that name).
+INPUT_STATE_OFF = 'false'
+INPUT_STATE_REQUIRED = 'true'
+INPUT_STATE_IF_POSSIBLE = 'if_possible'
+INPUT_STATE_CHOICES = (INPUT_STATE_OFF, INPUT_STATE_REQUIRED, INPUT_STATE_IF_POSSIBLE)
 
 
 def _default_model_fn(config):
@@ -43,10 +60,53 @@ def _default_loss_fn(config, model):
   return builder.build_loss(config, num_auxiliary_outputs=model.auxiliary_output_number)
 
 
-def _default_dataset_fn(dataset_options, is_training: bool):
+def _default_dataset_fn(dataset_options, is_training: bool, input_context=None):
   from kmax_tf.data import dataset_descriptors, input_pipeline  # noqa: PLC0415
   descriptor = dataset_descriptors.descriptor_from_options(dataset_options)
-  return input_pipeline.build_dataset(dataset_options, descriptor, is_training=is_training)
+  return input_pipeline.build_dataset(dataset_options, descriptor, is_training=is_training,
+                                      input_context=input_context)
+
+
+def _input_state_mode(value) -> str:
+  """Normalizes `checkpoint_input_iterator` (a bool or one of INPUT_STATE_CHOICES)."""
+  if isinstance(value, bool):
+    return INPUT_STATE_REQUIRED if value else INPUT_STATE_OFF
+  if value not in INPUT_STATE_CHOICES:
+    raise ValueError(f'checkpoint_input_iterator={value!r}; use one of {INPUT_STATE_CHOICES}.')
+  return value
+
+
+def _training_input(dataset_fn, dataset_options, per_worker: bool):
+  """The trainer's input: a per-worker dataset function, or one global-batch Dataset.
+
+  `per_worker` gives `input_context -> Dataset` for
+  `strategy.distribute_datasets_from_function` (one pipeline per input worker,
+  per-replica batches), when `dataset_fn` takes an `input_context`.
+  """
+  if per_worker and 'input_context' in inspect.signature(dataset_fn).parameters:
+    return lambda input_context: dataset_fn(dataset_options, True, input_context=input_context)
+  return dataset_fn(dataset_options, True)
+
+
+def _check_input_state(trainer, mode: str) -> bool:
+  """Whether the input position will be checkpointed; fails or warns in one line.
+
+  Runs before any training step: a pipeline that cannot be saved (a stateful
+  op in it, a multi-worker strategy) is reported here, not at the first save.
+  """
+  if mode == INPUT_STATE_OFF:
+    return False
+  problem = checkpointing.input_state_problem(trainer.train_iterator)
+  if problem is None:
+    return True
+  if mode == INPUT_STATE_REQUIRED:
+    raise ValueError(f'--checkpoint_input_iterator=true, but {problem} Use '
+                     f'--checkpoint_input_iterator={INPUT_STATE_IF_POSSIBLE} to train without '
+                     'it, or false (the default).')
+  message = f'The training input position is not checkpointed: {problem}'
+  logging.warning(message)
+  print(message, file=sys.stderr, flush=True)
+  return False
 
 
 def _default_evaluator_fn(config, model, global_step, model_dir, dataset):
@@ -74,7 +134,7 @@ def run_experiment(mode: str, config, model_dir: str, *,
                    model_fn: Optional[Callable] = None, loss_fn: Optional[Callable] = None,
                    dataset_fn: Optional[Callable] = None,
                    evaluator_fn: Optional[Callable] = None,
-                   checkpoint_input_iterator: bool = True,
+                   checkpoint_input_iterator=INPUT_STATE_OFF,
                    use_tf_while_loop: bool = True,
                    progress_stream=None):
   """Runs an experiment.
@@ -90,11 +150,13 @@ def run_experiment(mode: str, config, model_dir: str, *,
       `kmax_tf.model.builder.build_model`).
     loss_fn: (config, model) -> loss callable (default
       `kmax_tf.losses.builder.build_loss` with the model's auxiliary output count).
-    dataset_fn: (dataset_options, is_training) -> batched tf.data.Dataset
-      (default `kmax_tf.data.input_pipeline.build_dataset`).
+    dataset_fn: (dataset_options, is_training[, input_context]) -> batched
+      tf.data.Dataset (default `kmax_tf.data.input_pipeline.build_dataset`);
+      with an `input_context` parameter it is called once per input worker.
     evaluator_fn: (config, model, global_step, model_dir, dataset) -> an
       orbit evaluator (default `kmax_tf.training.evaluator.Evaluator`).
-    checkpoint_input_iterator: also checkpoint the training input position.
+    checkpoint_input_iterator: one of INPUT_STATE_CHOICES (or a bool): whether
+      the training input position is checkpointed; see the module docstring.
     use_tf_while_loop: run `steps_per_loop` steps inside one graph loop.
     progress_stream: where progress lines go (default stdout).
 
@@ -110,6 +172,7 @@ def run_experiment(mode: str, config, model_dir: str, *,
     raise ValueError(f'--mode={mode!r} is not one of {MODES}.')
   solver_options = config.trainer_options.solver_options
   non_finite_action = _check_non_finite_action(solver_options)
+  input_state = _input_state_mode(checkpoint_input_iterator)
   precision = optimizer_lib.check_precision_policy(solver_options.mixed_precision_policy)
   keras.mixed_precision.set_global_policy(precision or 'float32')
 
@@ -130,17 +193,20 @@ def run_experiment(mode: str, config, model_dir: str, *,
     global_step = orbit.utils.create_global_step()
     if 'train' in mode:
       _build_model(model, config.train_dataset_options.crop_size)
+      train_input = _training_input(dataset_fn, config.train_dataset_options,
+                                    per_worker=input_state == INPUT_STATE_OFF)
       trainer = trainer_lib.Trainer(
-          model, loss_fn(config, model), dataset_fn(config.train_dataset_options, True),
-          solver_options, global_step, backbone=model_items.get('encoder'),
-          use_tf_while_loop=use_tf_while_loop, checkpointable_input=checkpoint_input_iterator)
+          model, loss_fn(config, model), train_input, solver_options, global_step,
+          backbone=model_items.get('encoder'), use_tf_while_loop=use_tf_while_loop,
+          checkpointable_input=input_state != INPUT_STATE_OFF)
     if 'eval' in mode:
       _build_model(model, config.eval_dataset_options.crop_size)
       evaluator = evaluator_fn(config, model, global_step, model_dir,
                                dataset_fn(config.eval_dataset_options, False))
 
+  save_input = trainer is not None and _check_input_state(trainer, input_state)
   checkpoint_items = checkpointing.training_checkpoint_items(
-      global_step, model_items, trainer, include_input_iterator=checkpoint_input_iterator)
+      global_step, model_items, trainer, include_input_iterator=save_input)
   if not checkpointing.restore_input_position(checkpoint_items, model_dir):
     checkpoint_items.pop(checkpointing.INPUT_ITERATOR_KEY)
   checkpoint_class = tf.train.Checkpoint if trainer else checkpointing.EvaluationCheckpoint

@@ -90,7 +90,8 @@ def _train(config, data, model_dir, *extra):
 @pytest.mark.slow
 def test_train_and_eval_with_the_real_model(tiny_setup):
   root, data, config = tiny_setup
-  result = _train(config, data, root / 'model', '--mode=train_and_eval')
+  result = _train(config, data, root / 'model', '--mode=train_and_eval',
+                  '--checkpoint_input_iterator=true')
   assert result.returncode == 0, result.stderr[-4000:]
   experiment = root / 'model' / 'tiny'
   assert (experiment / 'ckpt-2.index').exists()
@@ -105,7 +106,7 @@ def test_train_and_eval_with_the_real_model(tiny_setup):
   assert {'encoder', 'optimizer', 'backbone_optimizer', 'global_step',
           'train_iterator'} <= keys
   # Restart: nothing left to train, the step stays at 2.
-  again = _train(config, data, root / 'model', '--mode=train')
+  again = _train(config, data, root / 'model', '--mode=train', '--checkpoint_input_iterator=true')
   assert again.returncode == 0, again.stderr[-4000:]
   assert f'restored from checkpoint: {experiment}/ckpt-2' in again.stdout
   assert 'training until step 2' in again.stdout and 'step 4' not in again.stdout
