@@ -5,7 +5,8 @@ Public API (imported lazily so that `import kmax_tf` stays cheap):
   build_model(config) -> KMaXDeepLab (a built tf_keras model)
   build_loss(config) -> callable(y_true, y_pred) -> dict of [B] losses
   load_deeplab2_checkpoint(model, path)
-  Predictor
+  load_pretrained(model, name)   a released checkpoint by name (kmax_tf.pretrained)
+  Predictor                      (Predictor.from_pretrained(name) for a released model)
 """
 
 import os
@@ -22,6 +23,7 @@ _LAZY = {
     'build_loss': 'kmax_tf.losses.builder',
     'load_deeplab2_checkpoint': 'kmax_tf.model.checkpoint_loading',
     'Predictor': 'kmax_tf.export.predictor',
+    'load_pretrained': 'kmax_tf.pretrained',
 }
 
 
