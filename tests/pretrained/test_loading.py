@@ -1,0 +1,154 @@
+"""Released models by name, end to end: Predictor, build_model + load_pretrained, the trainer,
+predict and export CLIs, all downloading from the loopback server."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import kmax_tf
+from kmax_tf import pretrained
+from kmax_tf.model import checkpoint_loading
+from kmax_tf.training import checkpointing
+from tests.pretrained import conftest
+from tests.pretrained.conftest import TINY
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _values(model) -> dict:
+  variables = checkpoint_loading.object_graph_variables(
+      tf.train.Checkpoint(**model.checkpoint_items))
+  return {key: variable.numpy() for key, variable in variables.items()}
+
+
+def _image(seed=0, size=(90, 120)):
+  rng = np.random.default_rng(seed)
+  blocks = rng.integers(0, 255, (size[0] // 10 + 1, size[1] // 10 + 1, 3))
+  return np.kron(blocks, np.ones((10, 10, 1)))[:size[0], :size[1]].astype(np.uint8)
+
+
+def test_predictor_from_pretrained_end_to_end(cache, server, archives):
+  predictor = kmax_tf.Predictor.from_pretrained(TINY)
+  assert server.requests == [(f'/{conftest.TINY_STEM}.tar.gz', None)]
+  restored = _values(predictor._module.model)
+  assert set(restored) == set(archives.values)
+  for key, value in archives.values.items():
+    np.testing.assert_array_equal(restored[key], value, err_msg=key)
+  # The same maps as the checkpoint before it was packed, served and downloaded.
+  reference = kmax_tf.Predictor.from_checkpoint(conftest.tiny_pretrained_config(),
+                                                archives.original_prefix)
+  image = _image()
+  got, expected = predictor(image), reference(image)
+  np.testing.assert_array_equal(got.panoptic, expected.panoptic)
+  assert len(got.segments) > 0 and got.panoptic.shape == image.shape[:2]
+  assert predictor.source.startswith(f'pretrained:{TINY} (')
+
+
+def test_build_model_and_load_pretrained(cache, server, archives):
+  config = pretrained.load_config(TINY)
+  assert config.model_options.initial_checkpoint == f'pretrained:{TINY}'
+  assert not config.model_options.backbone.HasField('pretrained_weights')
+  model = kmax_tf.build_model(config)
+  summary = kmax_tf.load_pretrained(model, TINY, progress=False)
+  assert (summary.kind, summary.num_variables) == ('full', len(archives.values))
+  assert summary.num_ignored_keys == len(conftest.TRAINING_STATE)
+  restored = _values(model)
+  for key in ('encoder/_stem/_conv/kernel', 'transformer_decoder/cluster_centers',
+              'semantic_last_layer/kernel'):
+    np.testing.assert_array_equal(restored[key], archives.values[key], err_msg=key)
+  # `pretrained:NAME` is a checkpoint path for load_deeplab2_checkpoint too.
+  assert kmax_tf.load_deeplab2_checkpoint(
+      model, f'pretrained:{TINY}').checkpoint_path == summary.checkpoint_path
+  with pytest.raises(pretrained.PretrainedError, match="'resnet50_imagenet1k' is an ImageNet "
+                     'backbone checkpoint, not a panoptic model'):
+    kmax_tf.Predictor.from_pretrained('resnet50_imagenet1k')
+
+
+def _fresh_model(config):
+  tf.keras.backend.clear_session()
+  model = kmax_tf.build_model(config)
+  return model, _values(model)
+
+
+def test_initial_checkpoint_pretrained_name_in_the_trainer(cache, server, archives):
+  """What train_lib runs for `initial_checkpoint: "pretrained:NAME"`."""
+  config = conftest.tiny_pretrained_config()
+  config.model_options.initial_checkpoint = f'pretrained:{TINY}'
+  model, _ = _fresh_model(config)
+  init_fn = checkpointing.make_initial_checkpoint_fn(
+      config.model_options.initial_checkpoint, model, model.checkpoint_items,
+      config.model_options)
+  assert server.requests == []  # Nothing is downloaded before the trainer needs it.
+  init_fn()
+  restored = _values(model)
+  for key, value in archives.values.items():
+    np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+
+def test_fine_tuning_to_another_class_count(cache, server, archives):
+  """A checkpoint with 2 more classes: restored without its class-dependent layers."""
+  config = conftest.tiny_pretrained_config()
+  reference = 'pretrained:kmax_tiny_nine'
+  model, before = _fresh_model(config)
+  strict = checkpointing.make_initial_checkpoint_fn(reference, model, model.checkpoint_items,
+                                                    config.model_options)
+  with pytest.raises(ValueError, match='shape-mismatched'):
+    strict()
+  config.model_options.restore_semantic_last_layer_from_initial_checkpoint = False
+  checkpointing.make_initial_checkpoint_fn(reference, model, model.checkpoint_items,
+                                           config.model_options)()
+  restored = _values(model)
+  for key, value in restored.items():
+    expected = before if key.startswith(conftest.CLASS_DEPENDENT) else archives.values
+    np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+
+def _env(cache_dir):
+  return dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2',
+              KMAX_TF_HOME=str(cache_dir))
+
+
+def _run(args, env):
+  return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=900)
+
+
+def test_predict_and_export_command_lines(cache, server, archives, tmp_path):
+  env = _env(cache)
+  image_path = tmp_path / 'photo.png'
+  image = _image(seed=1)
+  Image.fromarray(image).save(image_path)
+  predicted = _run(['-m', 'kmax_tf.predict', f'--pretrained={TINY}', f'--images={image_path}',
+                    f'--output_dir={tmp_path / "out"}'], env)
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  assert '1 of 1 images written' in predicted.stdout
+  assert f'kmax_tf: downloading {TINY} from {server.url}' in predicted.stderr
+  segments = json.loads((tmp_path / 'out' / 'segments' / 'photo.json').read_text())
+  expected = kmax_tf.Predictor.from_checkpoint(conftest.tiny_pretrained_config(),
+                                               archives.original_prefix)(image)
+  assert [s['panoptic_label'] for s in segments['segments_info']] == [
+      s.id for s in expected.segments]
+
+  exported = _run(['export_model.py', f'--pretrained={TINY}',
+                   f'--output_path={tmp_path / "models"}'], env)
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  assert 'downloading' not in exported.stderr  # The cache from the predict run.
+  assert len(server.requests) == 1
+  metadata = json.loads((tmp_path / 'models' / '1' / 'assets' / 'kmax_metadata.json').read_text())
+  assert metadata['checkpoint_path'] == str(
+      cache / 'models' / TINY / conftest.TINY_CHECKPOINT)
+
+  conflict = _run(['export_model.py', f'--pretrained={TINY}', '--checkpoint_path=/x',
+                   f'--output_path={tmp_path / "models"}'], env)
+  assert conflict.returncode == 2
+  assert 'give --pretrained or --checkpoint_path, not both' in conflict.stderr
+  unknown = _run(['-m', 'kmax_tf.predict', '--pretrained=kmax_nope', f'--images={image_path}',
+                  f'--output_dir={tmp_path / "out2"}'], env)
+  assert unknown.returncode == 2 and "Unknown pretrained model 'kmax_nope'" in unknown.stderr
