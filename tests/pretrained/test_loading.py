@@ -152,3 +152,38 @@ def test_predict_and_export_command_lines(cache, server, archives, tmp_path):
   unknown = _run(['-m', 'kmax_tf.predict', '--pretrained=kmax_nope', f'--images={image_path}',
                   f'--output_dir={tmp_path / "out2"}'], env)
   assert unknown.returncode == 2 and "Unknown pretrained model 'kmax_nope'" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_train_py_starts_from_a_pretrained_name(cache, server, archives, tmp_path):
+  """trainer/train.py with `initial_checkpoint: "pretrained:NAME"`: one step at learning rate 0."""
+  env = _env(cache)
+  data = tmp_path / 'data'
+  made = _run(['-m', 'kmax_tf.data.demo_dataset', f'--output_dir={data}', '--num_train=2',
+               '--num_val=1', '--size=65,65'], env)
+  assert made.returncode == 0, made.stderr[-2000:]
+  overrides = list(conftest.OVERRIDES) + [
+      f'model_options.initial_checkpoint=pretrained:{TINY}',
+      f'train_dataset_options.file_pattern={data}/train-*.tfrecord',
+      'train_dataset_options.batch_size=1', 'train_dataset_options.crop_size=65,65',
+      'train_dataset_options.min_resize_value=65,65',
+      'train_dataset_options.max_resize_value=65,65',
+      'train_dataset_options.augmentations.autoaugment_policy_name=',
+      'train_dataset_options.augmentations.panoptic_copy_paste.panoptic_copy_paste_scale=0',
+      'model_options.max_deeplab.instance_discrimination_sample_k=64',
+      'model_options.max_deeplab.semantic_sample_k=64',
+      'trainer_options.solver_options.base_learning_rate=0',
+      'trainer_options.solver_options.warmup_steps=0',
+      'trainer_options.solver_options.training_number_of_steps=1',
+      'trainer_options.save_checkpoints_steps=1', 'trainer_options.steps_per_loop=1',
+      'trainer_options.save_summaries_steps=1']
+  trained = _run(['trainer/train.py', f'--config_file={conftest.tiny_config.BASE_CONFIG}',
+                  f'--model_dir={tmp_path / "run"}', '--mode=train',
+                  '--substitution=EXPERIMENT_NAME=tiny']
+                 + [f'--config_override={override}' for override in overrides], env)
+  assert trained.returncode == 0, trained.stderr[-4000:]
+  assert server.requests == [(f'/{conftest.TINY_STEM}.tar.gz', None)]
+  reader = tf.train.load_checkpoint(str(tmp_path / 'run' / 'tiny' / 'ckpt-1'))
+  for key in ('encoder/_stem/_conv/kernel', 'transformer_decoder/cluster_centers'):
+    np.testing.assert_array_equal(reader.get_tensor(key + '/.ATTRIBUTES/VARIABLE_VALUE'),
+                                  archives.values[key], err_msg=key)
