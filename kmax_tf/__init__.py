@@ -27,12 +27,19 @@ _LAZY = {
 }
 
 
+# Subpackages reachable as attributes after a bare `import kmax_tf`.
+_SUBPACKAGES = ('pretrained',)
+
+
 def __getattr__(name):
   if name in _LAZY:
     import importlib
     return getattr(importlib.import_module(_LAZY[name]), name)
+  if name in _SUBPACKAGES:
+    import importlib
+    return importlib.import_module(f'kmax_tf.{name}')
   raise AttributeError(f'module kmax_tf has no attribute {name!r}')
 
 
 def __dir__():
-  return sorted(list(globals()) + list(_LAZY))
+  return sorted(list(globals()) + list(_LAZY) + list(_SUBPACKAGES))

@@ -120,6 +120,7 @@ def _run(args, env):
                         capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_predict_and_export_command_lines(cache, server, archives, tmp_path):
   env = _env(cache)
   image_path = tmp_path / 'photo.png'
@@ -187,3 +188,39 @@ def test_train_py_starts_from_a_pretrained_name(cache, server, archives, tmp_pat
   for key in ('encoder/_stem/_conv/kernel', 'transformer_decoder/cluster_centers'):
     np.testing.assert_array_equal(reader.get_tensor(key + '/.ATTRIBUTES/VARIABLE_VALUE'),
                                   archives.values[key], err_msg=key)
+
+
+def test_imagenet_backbone_by_name_as_pretrained_weights(cache, server, archives, tmp_path,
+                                                         monkeypatch):
+  """A ConvNeXt `pretrained_weights` file (Keras save_weights, rooted at the encoder) by name."""
+  from kmax_tf.keras_setup import keras  # noqa: PLC0415
+  from kmax_tf.model.pixel_encoder import convnext  # noqa: PLC0415
+
+  def mini_encoder(seed):
+    tf.random.set_seed(seed)
+    encoder = convnext.ConvNeXtEncoder((1, 1, 2, 1), (8, 16, 24, 32), name='mini_convnext')
+    encoder(keras.Input((17, 17, 3)))
+    return encoder
+
+  source = mini_encoder(0)
+  written = tmp_path / 'written' / 'mini_imagenet' / 'ckpt-0'
+  source.save_weights(str(written))
+  conftest._pack(archives.folder / 'mini_imagenet.tar.gz', str(written), 'mini_imagenet/ckpt-0')
+  extra = tmp_path / 'extra.json'
+  extra.write_text(json.dumps({'format': 'kmax_tf.pretrained_registry.v1', 'models': [dict(
+      name='mini_convnext_imagenet', kind='imagenet', restore='pretrained_weights',
+      url=f'{server.url}/mini_imagenet.tar.gz', config=str(conftest.tiny_config.BASE_CONFIG),
+      checkpoint='mini_imagenet/ckpt-0')]}))
+  monkeypatch.setenv('KMAX_TF_REGISTRY', os.environ['KMAX_TF_REGISTRY'] + os.pathsep + str(extra))
+  target = mini_encoder(1)
+  summary = kmax_tf.load_pretrained({'encoder': target}, 'mini_convnext_imagenet', progress=False)
+  assert (summary.kind, summary.layout) == ('pretrained_weights', 'encoder root')
+  for got, expected in zip(target.weights, source.weights):
+    np.testing.assert_array_equal(got.numpy(), expected.numpy(), err_msg=got.name)
+  # As `backbone.pretrained_weights: "pretrained:NAME"` reaches the encoder builder.
+  again = mini_encoder(2)
+  checkpoint_loading.load_deeplab2_checkpoint(
+      {'encoder': again}, 'pretrained:mini_convnext_imagenet', kind='pretrained_weights')
+  np.testing.assert_array_equal(again.weights[0].numpy(), source.weights[0].numpy())
+  config = pretrained.load_config('mini_convnext_imagenet')
+  assert config.model_options.backbone.pretrained_weights == 'pretrained:mini_convnext_imagenet'

@@ -145,5 +145,10 @@ def test_command_line_list_download_path(cache, server, archives):
   assert re.search(rf'{TINY} .* yes', _cli('list').stdout)
   failed = _cli('download', 'kmax_tiny_badsum')
   assert failed.returncode == 2 and '\nError: Checksum mismatch for http' in failed.stderr
+  attribute = subprocess.run(
+      [sys.executable, '-c', 'import kmax_tf; print(len(kmax_tf.pretrained.list_models()))'],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+      timeout=120)
+  assert attribute.stdout.strip() == str(len(records)), attribute.stderr
   unknown = _cli('path', 'kmax_nope')
   assert unknown.returncode == 2 and "Unknown pretrained model 'kmax_nope'" in unknown.stderr
