@@ -2,6 +2,11 @@ r"""Exports a kMaX-DeepLab checkpoint as a TF Serving SavedModel.
 
   python export_model.py --experiment_option_path=CONFIG \
       --checkpoint_path=CKPT --output_path=DIR [--config_override=...]
+  python export_model.py --pretrained=kmax_r50_coco --output_path=DIR
+
+--pretrained names a released model (python -m kmax_tf.pretrained list): it is
+downloaded and cached on first use and gives the checkpoint and the config
+(--experiment_option_path, if given, replaces the config).
 
 DIR is a TF Serving model base path (the next numbered version folder is
 created in it) or, if its last component is a number, the version folder
@@ -20,6 +25,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 flags.DEFINE_string('experiment_option_path', None, 'ExperimentOptions textproto.')
 flags.DEFINE_string('checkpoint_path', None, 'Checkpoint prefix or directory (latest) to export.')
 flags.DEFINE_string('output_path', None, 'TF Serving base path or numbered version directory.')
+flags.DEFINE_string('pretrained', None, 'A released model by name instead of '
+                    '--checkpoint_path (and of --experiment_option_path, unless given).')
 flags.DEFINE_bool('merge_with_tf_op', False, "DeepLab2's custom merge op; not needed by kMaX "
                   '(only False is accepted).')
 flags.DEFINE_multi_string('config_override', [], 'Config overrides applied after parsing, e.g. '
@@ -33,10 +40,14 @@ def main(argv) -> int:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines drown the output.
-  missing = [name for name in ('experiment_option_path', 'checkpoint_path', 'output_path')
-             if not FLAGS[name].value]
+  required = ('output_path',) if FLAGS.pretrained else (
+      'experiment_option_path', 'checkpoint_path', 'output_path')
+  missing = [name for name in required if not FLAGS[name].value]
   if missing:
     print(f'Error: missing --{", --".join(missing)}.', file=sys.stderr)
+    return 2
+  if FLAGS.pretrained and FLAGS.checkpoint_path:
+    print('Error: give --pretrained or --checkpoint_path, not both.', file=sys.stderr)
     return 2
   if FLAGS.merge_with_tf_op:
     print('Error: --merge_with_tf_op is not supported: kMaX-DeepLab merges in plain TensorFlow.',
@@ -45,10 +56,19 @@ def main(argv) -> int:
   from kmax_tf.config import loader
   from kmax_tf.export import serving
   try:
-    config = serving.load_experiment_config(
-        FLAGS.experiment_option_path, overrides=FLAGS.config_override,
-        substitutions=loader.parse_key_value_pairs(FLAGS.substitution))
-    version_dir, _ = serving.export_saved_model(config, FLAGS.checkpoint_path, FLAGS.output_path)
+    substitutions = loader.parse_key_value_pairs(FLAGS.substitution)
+    if FLAGS.pretrained:
+      from kmax_tf import pretrained
+      serving.resolve_version_dir(FLAGS.output_path)  # Fail before the download.
+      config, checkpoint_path = pretrained.inference_inputs(
+          FLAGS.pretrained, FLAGS.config_override, config=FLAGS.experiment_option_path or None,
+          substitutions=substitutions)
+    else:
+      config = serving.load_experiment_config(
+          FLAGS.experiment_option_path, overrides=FLAGS.config_override,
+          substitutions=substitutions)
+      checkpoint_path = FLAGS.checkpoint_path
+    version_dir, _ = serving.export_saved_model(config, checkpoint_path, FLAGS.output_path)
   except (ValueError, OSError) as error:
     print(f'Error: {error}', file=sys.stderr)
     return 2

@@ -63,7 +63,7 @@ setuptools.setup(
     # Only the library is installed: trainer/ and evaluation/ are entry-point
     # scripts run from the checkout, not packages.
     packages=setuptools.find_packages(include=['kmax_tf', 'kmax_tf.*']),
-    package_data={'kmax_tf': ['data/descriptors/*.json']},
+    package_data={'kmax_tf': ['data/descriptors/*.json', 'pretrained/registry.json']},
     ext_modules=[setuptools.Extension('kmax_tf.evaluation._pqfast',
                                       ['kmax_tf/evaluation/_pqfast.c'], optional=True)],
     cmdclass={'build_ext': OptionalBuildExt},

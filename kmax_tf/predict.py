@@ -5,6 +5,7 @@ Usage:
       --images='photos/*.jpg' --output_dir=out
   python -m kmax_tf.predict --config_file=CONFIG --checkpoint_path=CKPT \
       --images=a.png,b.jpg --output_dir=out
+  python -m kmax_tf.predict --pretrained=kmax_r50_coco --images=photos --output_dir=out
 
 `--images` takes files, directories (their image files) and glob patterns,
 comma-separated or repeated. Per image `<name>` it writes:
@@ -34,6 +35,9 @@ flags.DEFINE_string('saved_model', None, 'SavedModel of export_model.py (version
                     'TF Serving base path).')
 flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto (instead of --saved_model).')
 flags.DEFINE_string('checkpoint_path', None, 'Checkpoint for --config_file.')
+flags.DEFINE_string('pretrained', None, 'A released model by name (python -m kmax_tf.pretrained '
+                    'list), downloaded and cached on first use; --config_file optionally '
+                    'replaces its config.')
 flags.DEFINE_multi_string('config_override', [], 'Overrides for --config_file, e.g. '
                           'evaluator_options.pixel_confidence_threshold=0.3.')
 flags.DEFINE_multi_string('substitution', [], 'KEY=VALUE for ${KEY} in --config_file.')
@@ -138,12 +142,18 @@ class ResultWriter:
 def _make_predictor():
   from kmax_tf.config import loader
   from kmax_tf.export import predictor as predictor_lib
+  if FLAGS.pretrained:
+    if FLAGS.saved_model or FLAGS.checkpoint_path:
+      raise ValueError('--pretrained names the weights: give no --saved_model or '
+                       '--checkpoint_path with it.')
+    return predictor_lib.Predictor.from_pretrained(
+        FLAGS.pretrained, overrides=FLAGS.config_override, config=FLAGS.config_file or None)
   if FLAGS.saved_model and FLAGS.config_file:
     raise ValueError('Give either --saved_model or --config_file (+ --checkpoint_path), not both.')
   if FLAGS.saved_model:
     return predictor_lib.Predictor.from_saved_model(FLAGS.saved_model)
   if not FLAGS.config_file:
-    raise ValueError('Give --saved_model, or --config_file with --checkpoint_path.')
+    raise ValueError('Give --saved_model, --pretrained, or --config_file with --checkpoint_path.')
   if not FLAGS.checkpoint_path:
     raise ValueError('--config_file needs --checkpoint_path.')
   from kmax_tf.export import serving

@@ -2,6 +2,7 @@
 
 Example:
   predictor = kmax_tf.Predictor.from_saved_model('exported/kmax')      # or
+  predictor = kmax_tf.Predictor.from_pretrained('kmax_r50_coco')      # or
   predictor = kmax_tf.Predictor.from_checkpoint('config.textproto', 'ckpt-150000')
   result = predictor('photo.jpg')          # a path, PIL image or uint8 array
   result.panoptic                          # int32 [H, W], class * divisor + instance
@@ -192,6 +193,19 @@ class Predictor:
     module = serving.build_serving_module(config, checkpoint_path, overrides)
     predictor = cls(module.serve_images, module.metadata, source=str(checkpoint_path))
     predictor._module = module  # Keeps the model alive with the predictor.
+    return predictor
+
+  @classmethod
+  def from_pretrained(cls, name: str, overrides: Sequence[str] = (), config=None
+                      ) -> 'Predictor':
+    """From a released model by name, e.g. 'kmax_r50_coco' (downloaded and cached).
+
+    `config` replaces the registry's config file; see `kmax_tf.pretrained`.
+    """
+    from kmax_tf import pretrained  # noqa: PLC0415
+    options, checkpoint = pretrained.inference_inputs(name, overrides, config=config)
+    predictor = cls.from_checkpoint(options, checkpoint)
+    predictor.source = f'pretrained:{name} ({checkpoint})'
     return predictor
 
   @classmethod

@@ -91,9 +91,11 @@ def resolve_checkpoint_path(path) -> str:
   """Turns a checkpoint prefix, `.index` file or directory into a readable prefix.
 
   Args:
-    path: a checkpoint prefix (`.../ckpt-100`), its `.index` file, or a
+    path: a checkpoint prefix (`.../ckpt-100`), its `.index` file, a
       directory (its latest checkpoint, or its only `*.index` file when the
-      directory has no `checkpoint` state file, as in released tarballs).
+      directory has no `checkpoint` state file, as in released tarballs), or
+      'pretrained:NAME' (a registered model, downloaded on first use; see
+      kmax_tf/pretrained).
 
   Returns:
     The checkpoint prefix.
@@ -101,7 +103,8 @@ def resolve_checkpoint_path(path) -> str:
   Raises:
     ValueError: the path does not exist or is not a TensorFlow checkpoint.
   """
-  path = os.fspath(path)
+  from kmax_tf import pretrained  # noqa: PLC0415
+  path = pretrained.resolve_reference(os.fspath(path))
   if not path:
     raise ValueError('Checkpoint path is empty.')
   if path.endswith('.index') and tf.io.gfile.exists(path):
@@ -228,6 +231,13 @@ def _mismatch_error(prefix: str, kind: str, layout: str, expected, found, missin
   return ValueError('\n'.join(lines))
 
 
+def _shapes_differ(items: Mapping[str, Any], found: Mapping[str, Shape]) -> bool:
+  """Whether a variable of `items` has another shape in the checkpoint (`found`)."""
+  variables = object_graph_variables(tf.train.Checkpoint(**items))
+  return any(key in found and tuple(variable.shape.as_list()) != found[key]
+             for key, variable in variables.items())
+
+
 def _infer_kind(keys, items: Mapping[str, Any]) -> str:
   top_level = {k.split('/', 1)[0] for k in keys if not _is_training_state(k)}
   if any(k.startswith(MODEL_GARDEN_ENCODER_PREFIX) for k in keys):
@@ -253,7 +263,10 @@ def load_deeplab2_checkpoint(model, path, *, kind: str = KIND_AUTO,
       'pretrained_weights' (see the module docstring).
     skip_semantic_last_layer: leave `semantic_last_layer` as it is, like DeepLab2's
       `restore_semantic_last_layer_from_initial_checkpoint: false` (e.g. for another
-      number of classes). Only for kind 'full'.
+      number of classes). `transformer_class_head` is then also left as it is
+      when its shapes differ from the checkpoint's (another number of classes;
+      DeepLab2 would fail on the mismatch); with the same number of classes it
+      is restored, as in DeepLab2. Only for kind 'full'.
     strict: if False, missing and unexpected keys are logged and returned in the
       summary instead of raising; shape mismatches always raise.
 
@@ -281,6 +294,9 @@ def load_deeplab2_checkpoint(model, path, *, kind: str = KIND_AUTO,
     layout = 'root items'
     if skip_semantic_last_layer:
       skipped_items = (common.CKPT_SEMANTIC_LAST_LAYER,)
+      class_head = common.CKPT_TRANSFORMER_CLASS_HEAD
+      if class_head in items and _shapes_differ({class_head: items[class_head]}, found_all):
+        skipped_items += (class_head,)
     restore_items = {k: v for k, v in items.items() if k not in skipped_items}
     root = tf.train.Checkpoint(**restore_items)
     expected_vars = object_graph_variables(root)

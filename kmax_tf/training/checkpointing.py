@@ -74,7 +74,9 @@ def initial_checkpoint_items(model_items: Mapping[str, object], model_options) -
 
 
 def resolve_checkpoint_path(path: str) -> str:
-  """A checkpoint prefix from a prefix or a directory; clear error if none."""
+  """A checkpoint prefix from a prefix, a directory or 'pretrained:NAME'; clear error if none."""
+  from kmax_tf import pretrained  # noqa: PLC0415
+  path = pretrained.resolve_reference(path)  # Downloads a registered model on first use.
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
