@@ -147,14 +147,17 @@ def _run_config(config, records, root):
   run = Run(config, model_dir / EXPERIMENT)
   resumed = config in RESUMED
   command = _command(config, records, model_dir, steps=2, checkpoint_every=1 if resumed else 2)
+  model_dir.mkdir(parents=True)
   try:
     if resumed:
-      model_dir.mkdir(parents=True)
       if not _kill_after_first_checkpoint(command, run.experiment, model_dir, run):
         return run
     result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
                             timeout=RUN_TIMEOUT)
     run.returncode, run.stdout, run.stderr = result.returncode, result.stdout, result.stderr
+    # Kept beside the experiment for a look after a failure (pytest --basetemp=DIR).
+    (model_dir / 'train.out').write_text(result.stdout)
+    (model_dir / 'train.err').write_text(result.stderr)
   except subprocess.TimeoutExpired:
     run.error = f'train.py did not finish within {RUN_TIMEOUT} s'
   finally:
