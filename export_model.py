@@ -1,11 +1,14 @@
-r"""Exports a kMaX-DeepLab checkpoint as a TF Serving SavedModel.
+r"""Exports a kMaX-DeepLab checkpoint as a TF Serving SavedModel, LiteRT or ONNX model.
 
   python export_model.py --experiment_option_path=CONFIG \
-      --checkpoint_path=CKPT --output_path=DIR [--config_override=...]
+      --checkpoint_path=CKPT --output_path=DIR [--config_override=...] \
+      [--format=saved_model|tflite|onnx] [--quantization=none|float16|dynamic_int8]
 
 DIR is a TF Serving model base path (the next numbered version folder is
 created in it) or, if its last component is a number, the version folder
-itself. See kmax_tf/export/serving.py for the signatures and conventions.
+itself. See kmax_tf/export/serving.py for the SavedModel's signatures and
+conventions, kmax_tf/export/portable.py for the LiteRT (`<version>/model.tflite`)
+and ONNX (`<version>/model.onnx`) files; --quantization is for tflite only.
 """
 
 import os
@@ -25,6 +28,10 @@ flags.DEFINE_bool('merge_with_tf_op', False, "DeepLab2's custom merge op; not ne
 flags.DEFINE_multi_string('config_override', [], 'Config overrides applied after parsing, e.g. '
                           'eval_dataset_options.crop_size=1281,1281.')
 flags.DEFINE_multi_string('substitution', [], 'KEY=VALUE for ${KEY} placeholders in the config.')
+flags.DEFINE_enum('format', 'saved_model', ['saved_model', 'tflite', 'onnx'],
+                  'Export format: TF Serving SavedModel, LiteRT flatbuffer or ONNX.')
+flags.DEFINE_enum('quantization', 'none', ['none', 'float16', 'dynamic_int8'],
+                  'TFLite weights: float32, float16, or int8 with dynamic-range quantization.')
 FLAGS = flags.FLAGS
 
 
@@ -43,16 +50,22 @@ def main(argv) -> int:
           file=sys.stderr)
     return 2
   from kmax_tf.config import loader
+  from kmax_tf.export import portable
   from kmax_tf.export import serving
   try:
     config = serving.load_experiment_config(
         FLAGS.experiment_option_path, overrides=FLAGS.config_override,
         substitutions=loader.parse_key_value_pairs(FLAGS.substitution))
-    version_dir, _ = serving.export_saved_model(config, FLAGS.checkpoint_path, FLAGS.output_path)
+    version_dir, _ = portable.export_model(config, FLAGS.checkpoint_path, FLAGS.output_path,
+                                           export_format=FLAGS.format,
+                                           quantization=FLAGS.quantization)
   except (ValueError, OSError) as error:
     print(f'Error: {error}', file=sys.stderr)
     return 2
-  print(f'Exported SavedModel to {version_dir}')
+  names = {'saved_model': 'SavedModel', 'tflite': 'LiteRT model', 'onnx': 'ONNX model'}
+  written = (version_dir if FLAGS.format == 'saved_model' else
+             os.path.join(version_dir, portable.MODEL_FILES[FLAGS.format]))
+  print(f'Exported {names[FLAGS.format]} to {written}')
   return 0
 
 

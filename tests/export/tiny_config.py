@@ -33,3 +33,12 @@ OVERRIDES = (
 def tiny_config():
   from kmax_tf.export import serving
   return serving.load_experiment_config(BASE_CONFIG, overrides=OVERRIDES)
+
+
+# Still smaller, for the LiteRT / ONNX export tests (conversions take seconds,
+# not minutes): the demo config's backbone scaling.
+SLIM_OVERRIDES = OVERRIDES + (
+    'model_options.backbone.stem_width_multiplier=0.5',
+    'model_options.backbone.backbone_width_multiplier=0.25',
+    'model_options.backbone.backbone_layer_multiplier=0.34',
+)
