@@ -24,7 +24,8 @@ SavedModel):
   can read (it cannot convert XLA-compiled function calls);
 * tf2onnx gets a handler for TensorFlow's `Erfc` (exact GeLU), as 1 - Erf,
   and resizes to a constant size by ONNX `sizes`, not float `scales` (which
-  round 5 * (9 / 5) down to 8 rows).
+  round 5 * (9 / 5) down to 8 rows), and `UnsortedSegmentSum` (the
+  post-processor's area counts) as ONNX ScatterElements with reduction 'add'.
 
 Everything else converts to builtin ops: LiteRT needs no select TF ops.
 
@@ -178,6 +179,35 @@ def _resize_by_sizes(ctx, node, name, args):  # pylint: disable=unused-argument
   onnx_nn.Resize.version_11(ctx, node)
 
 
+def _unsorted_segment_sum_by_scatter(ctx, node, name, args):  # pylint: disable=unused-argument
+  """tf2onnx handler: UnsortedSegmentSum as an ONNX ScatterElements with reduction 'add'.
+
+  (tf2onnx's own handler emits a SegmentSum op that ONNX does not define.)
+  The post-processor's area counts use it; data and segment ids are flattened.
+  """
+  from onnx import TensorProto
+  from onnx import helper as onnx_helper
+  from tf2onnx import utils as onnx_utils
+  data, segment_ids, num_segments = node.input
+  flat = ctx.make_const(onnx_utils.make_name(f'{node.name}_flat'), np.array([-1], np.int64))
+  flat_data = ctx.make_node('Reshape', [data, flat.output[0]], op_name_scope=node.name)
+  flat_ids = ctx.make_node('Reshape', [segment_ids, flat.output[0]], op_name_scope=node.name)
+  ids64 = ctx.make_node('Cast', [flat_ids.output[0]], attr={'to': TensorProto.INT64},
+                        op_name_scope=node.name)
+  size = ctx.make_node('Reshape', [num_segments, flat.output[0]], op_name_scope=node.name)
+  size64 = ctx.make_node('Cast', [size.output[0]], attr={'to': TensorProto.INT64},
+                         op_name_scope=node.name)
+  zero = onnx_helper.make_tensor('value', ctx.get_dtype(data), [1], [0])
+  zeros = ctx.make_node('ConstantOfShape', [size64.output[0]], attr={'value': zero},
+                        op_name_scope=node.name)
+  node.type = 'ScatterElements'
+  for attribute in list(node.attr):
+    del node.attr[attribute]
+  node.set_attr('axis', 0)
+  node.set_attr('reduction', 'add')
+  ctx.replace_inputs(node, [zeros.output[0], ids64.output[0], flat_data.output[0]])
+
+
 def _import_tf2onnx():
   try:
     import tf2onnx  # pylint: disable=g-import-not-at-top
@@ -196,7 +226,8 @@ def convert_onnx(module: serving.PanopticServingModule, opset: int = ONNX_OPSET)
         function, input_signature=concrete.structured_input_signature[0], opset=opset,
         custom_op_handlers={'Erfc': (_erfc_as_one_minus_erf, []),
                             'ResizeBilinear': (_resize_by_sizes, []),
-                            'ResizeNearestNeighbor': (_resize_by_sizes, [])})
+                            'ResizeNearestNeighbor': (_resize_by_sizes, []),
+                            'UnsortedSegmentSum': (_unsorted_segment_sum_by_scatter, [])})
   # tf2onnx names outputs after the graph's tensors: use the map keys instead.
   names = dict(zip((output.name for output in concrete.outputs), _output_keys(concrete)))
   for node in model_proto.graph.node:
