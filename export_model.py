@@ -1,8 +1,9 @@
-r"""Exports a kMaX-DeepLab checkpoint as a TF Serving SavedModel.
+r"""Exports a kMaX-DeepLab checkpoint as a TF Serving SavedModel, LiteRT or ONNX model.
 
   python export_model.py --experiment_option_path=CONFIG \
-      --checkpoint_path=CKPT --output_path=DIR [--config_override=...]
-  python export_model.py --pretrained=kmax_r50_coco --output_path=DIR
+      --checkpoint_path=CKPT --output_path=DIR [--config_override=...] \
+      [--format=saved_model|tflite|onnx] [--quantization=none|float16|dynamic_int8]
+  python export_model.py --pretrained=kmax_r50_coco --output_path=DIR [--format=...]
 
 --pretrained names a released model (python -m kmax_tf.pretrained list): it is
 downloaded and cached on first use and gives the checkpoint and the config
@@ -10,7 +11,9 @@ downloaded and cached on first use and gives the checkpoint and the config
 
 DIR is a TF Serving model base path (the next numbered version folder is
 created in it) or, if its last component is a number, the version folder
-itself. See kmax_tf/export/serving.py for the signatures and conventions.
+itself. See kmax_tf/export/serving.py for the SavedModel's signatures and
+conventions, kmax_tf/export/portable.py for the LiteRT (`<version>/model.tflite`)
+and ONNX (`<version>/model.onnx`) files; --quantization is for tflite only.
 """
 
 import os
@@ -32,6 +35,10 @@ flags.DEFINE_bool('merge_with_tf_op', False, "DeepLab2's custom merge op; not ne
 flags.DEFINE_multi_string('config_override', [], 'Config overrides applied after parsing, e.g. '
                           'eval_dataset_options.crop_size=1281,1281.')
 flags.DEFINE_multi_string('substitution', [], 'KEY=VALUE for ${KEY} placeholders in the config.')
+flags.DEFINE_enum('format', 'saved_model', ['saved_model', 'tflite', 'onnx'],
+                  'Export format: TF Serving SavedModel, LiteRT flatbuffer or ONNX.')
+flags.DEFINE_enum('quantization', 'none', ['none', 'float16', 'dynamic_int8'],
+                  'TFLite weights: float32, float16, or int8 with dynamic-range quantization.')
 FLAGS = flags.FLAGS
 
 
@@ -54,6 +61,7 @@ def main(argv) -> int:
           file=sys.stderr)
     return 2
   from kmax_tf.config import loader
+  from kmax_tf.export import portable
   from kmax_tf.export import serving
   try:
     substitutions = loader.parse_key_value_pairs(FLAGS.substitution)
@@ -68,11 +76,16 @@ def main(argv) -> int:
           FLAGS.experiment_option_path, overrides=FLAGS.config_override,
           substitutions=substitutions)
       checkpoint_path = FLAGS.checkpoint_path
-    version_dir, _ = serving.export_saved_model(config, checkpoint_path, FLAGS.output_path)
+    version_dir, _ = portable.export_model(config, checkpoint_path, FLAGS.output_path,
+                                           export_format=FLAGS.format,
+                                           quantization=FLAGS.quantization)
   except (ValueError, OSError) as error:
     print(f'Error: {error}', file=sys.stderr)
     return 2
-  print(f'Exported SavedModel to {version_dir}')
+  names = {'saved_model': 'SavedModel', 'tflite': 'LiteRT model', 'onnx': 'ONNX model'}
+  written = (version_dir if FLAGS.format == 'saved_model' else
+             os.path.join(version_dir, portable.MODEL_FILES[FLAGS.format]))
+  print(f'Exported {names[FLAGS.format]} to {written}')
   return 0
 
 

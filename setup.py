@@ -27,6 +27,15 @@ TEST_REQUIRES = [
 ]
 
 
+# LiteRT runs with ai-edge-litert (installed with tensorflow); ONNX export and
+# inference need these (pip install -e '.[onnx]').
+ONNX_REQUIRES = [
+    'tf2onnx==1.17.0',
+    'onnx>=1.17',
+    'onnxruntime>=1.20',
+]
+
+
 class OptionalBuildExt(setuptools_build_ext.build_ext):
   """Builds the optional C speed-ups; on any failure warns and goes on.
 
@@ -68,6 +77,6 @@ setuptools.setup(
                                       ['kmax_tf/evaluation/_pqfast.c'], optional=True)],
     cmdclass={'build_ext': OptionalBuildExt},
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': TEST_REQUIRES},
+    extras_require={'test': TEST_REQUIRES, 'onnx': ONNX_REQUIRES},
     license='Apache-2.0',
 )

@@ -10,18 +10,23 @@ for the same photo-sized uint8 image:
   (in-graph resize + pad, network, crop + resize back to the image size);
 * SavedModel `serving_default` (uint8 tensor, the same pipeline, loaded);
 * SavedModel `image_bytes` (the same plus JPEG decoding);
-* SavedModel `serving_default` with a batch of `--batch` images (per image).
+* SavedModel `serving_default` with a batch of `--batch` images (per image);
+* the same pipeline exported by `kmax_tf.export.portable` and run through its
+  runtime's Python API: LiteRT (ai-edge-litert) float32, float16 and dynamic
+  int8, and ONNX Runtime (CPU), each one image per call (`--formats`).
 
 Each is warmed up, then run `--repeats` times interleaved; the table gives the
-median wall time per image and the ratio to the in-process pipeline. The maps
-of the SavedModel and of the in-process pipeline must be identical, or the
-script fails.
+median wall time per image and the ratio to the in-process pipeline and to
+the SavedModel. The maps of the SavedModel and of the in-process pipeline must
+be identical, or the script fails; each other format's share of pixels equal
+to the SavedModel's map is printed.
 
 Default model: the COCO R50 architecture (134 classes, 128 mask slots) at a
 257x257 eval crop; `--crop=641` gives the released inference size.
 
 Usage: python benchmarks/export_latency.py [--crop=257] [--repeats=7]
-           [--image_size=480,640] [--batch=4]
+           [--image_size=480,640] [--batch=4] [--formats=tflite,tflite_float16,
+           tflite_dynamic_int8,onnx] [--threads=N]
 """
 
 import argparse
@@ -38,8 +43,18 @@ sys.path.insert(0, _REPO_ROOT)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from kmax_tf.export import portable  # noqa: E402
 from kmax_tf.export import preprocessing  # noqa: E402
+from kmax_tf.export import runtimes  # noqa: E402
 from kmax_tf.export import serving  # noqa: E402
+
+# --formats names: (row label, export format, quantization).
+_PORTABLE = {
+    'tflite': ('LiteRT float32', 'tflite', 'none'),
+    'tflite_float16': ('LiteRT float16', 'tflite', 'float16'),
+    'tflite_dynamic_int8': ('LiteRT dynamic int8', 'tflite', 'dynamic_int8'),
+    'onnx': ('ONNX Runtime float32', 'onnx', 'none'),
+}
 
 _CONFIG = os.path.join(_REPO_ROOT, 'configs', 'coco', 'kmax_meta_r50_os32.textproto')
 
@@ -73,7 +88,15 @@ def main():
   parser.add_argument('--repeats', type=int, default=7)
   parser.add_argument('--batch', type=int, default=4)
   parser.add_argument('--config', default=_CONFIG)
+  parser.add_argument('--formats', default=','.join(_PORTABLE),
+                      help='portable formats to add (comma-separated; empty for none)')
+  parser.add_argument('--threads', type=int, default=None,
+                      help='LiteRT / ONNX Runtime threads (default: their own)')
   args = parser.parse_args()
+  formats = [name for name in args.formats.split(',') if name]
+  unknown = sorted(set(formats) - set(_PORTABLE))
+  if unknown:
+    raise SystemExit(f'--formats: unknown {unknown}; choose from {sorted(_PORTABLE)}')
   height, width = (int(v) for v in args.image_size.split(','))
 
   print(f'Building {os.path.basename(args.config)} at crop {args.crop} ...', flush=True)
@@ -104,6 +127,21 @@ def main():
         f'SavedModel batch of {args.batch}': lambda: serving_default(
             images=tf.constant(batch))['panoptic_pred'].numpy(),
     }
+    convert_seconds, agreement = {}, {}
+    for name in formats:
+      label, export_format, quantization = _PORTABLE[name]
+      start = time.perf_counter()
+      data = (portable.convert_tflite(module, quantization) if export_format == 'tflite'
+              else portable.convert_onnx(module))
+      convert_seconds[label] = time.perf_counter() - start
+      path = portable.write_model_file(
+          data, portable.file_metadata(module, export_format, quantization),
+          os.path.join(folder, name), portable.MODEL_FILES[export_format])
+      load = runtimes.load_tflite if export_format == 'tflite' else runtimes.load_onnx
+      serve = load(path, args.threads)[0]
+      cases[label] = lambda serve=serve: serve(image[None])['panoptic_pred'].numpy()
+      reference = serving_default(images=tf.constant(image[None]))['panoptic_pred'].numpy()
+      agreement[label] = float(np.mean(cases[label]() == reference))
     per_image = {name: (args.batch if 'batch of' in name else 1) for name in cases}
     ours = module.serve_images(image[None])['panoptic_pred'].numpy()
     exported = serving_default(images=tf.constant(image[None]))['panoptic_pred'].numpy()
@@ -118,14 +156,19 @@ def main():
         _time(fn, times[name])
 
   baseline = statistics.median(times['in-process pipeline'])
+  saved_model = statistics.median(times['SavedModel serving_default'])
   print(f'\nimage {height}x{width}, eval crop {args.crop}, {args.repeats} runs, '
         f'{os.cpu_count()} CPU cores; SavedModel save {save_seconds:.1f} s, '
         f'load {load_seconds:.1f} s')
-  print(f'{"case":34s} {"median ms/image":>16s} {"min ms/image":>13s} {"vs pipeline":>12s}')
+  for label, seconds in convert_seconds.items():
+    print(f'{label}: conversion {seconds:.1f} s, {100 * agreement[label]:.3f}% of pixels as '
+          'the SavedModel')
+  print(f'{"case":34s} {"median ms/image":>16s} {"min ms/image":>13s} {"vs pipeline":>12s} '
+        f'{"vs SavedModel":>14s}')
   for name, values in times.items():
     median = statistics.median(values) / per_image[name]
     print(f'{name:34s} {1000 * median:16.1f} {1000 * min(values) / per_image[name]:13.1f} '
-          f'{median / baseline:11.2f}x')
+          f'{median / baseline:11.2f}x {median / saved_model:13.2f}x')
 
 
 if __name__ == '__main__':

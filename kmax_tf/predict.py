@@ -1,12 +1,15 @@
 r"""Runs panoptic segmentation on image files and writes results and pictures.
 
 Usage:
-  python -m kmax_tf.predict --saved_model=exported/kmax \
+  python -m kmax_tf.predict --model=exported/kmax \
       --images='photos/*.jpg' --output_dir=out
   python -m kmax_tf.predict --config_file=CONFIG --checkpoint_path=CKPT \
       --images=a.png,b.jpg --output_dir=out
   python -m kmax_tf.predict --pretrained=kmax_r50_coco --images=photos --output_dir=out
 
+`--model` takes any export of export_model.py (SavedModel, .tflite or .onnx
+file, version folder or base path) and runs it with its runtime (TensorFlow,
+LiteRT, ONNX Runtime); `--saved_model` is the SavedModel-only spelling.
 `--images` takes files, directories (their image files) and glob patterns,
 comma-separated or repeated. Per image `<name>` it writes:
   out/panoptic/<name>.png    COCO panoptic PNG (id = R + 256 G + 256^2 B)
@@ -33,6 +36,8 @@ from absl import logging
 
 flags.DEFINE_string('saved_model', None, 'SavedModel of export_model.py (version directory or '
                     'TF Serving base path).')
+flags.DEFINE_string('model', None, 'Any export of export_model.py: SavedModel, LiteRT (.tflite) '
+                    'or ONNX (.onnx), as a file, version directory or base path.')
 flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto (instead of --saved_model).')
 flags.DEFINE_string('checkpoint_path', None, 'Checkpoint for --config_file.')
 flags.DEFINE_string('pretrained', None, 'A released model by name (python -m kmax_tf.pretrained '
@@ -143,17 +148,22 @@ def _make_predictor():
   from kmax_tf.config import loader
   from kmax_tf.export import predictor as predictor_lib
   if FLAGS.pretrained:
-    if FLAGS.saved_model or FLAGS.checkpoint_path:
-      raise ValueError('--pretrained names the weights: give no --saved_model or '
+    if FLAGS.model or FLAGS.saved_model or FLAGS.checkpoint_path:
+      raise ValueError('--pretrained names the weights: give no --model, --saved_model or '
                        '--checkpoint_path with it.')
     return predictor_lib.Predictor.from_pretrained(
         FLAGS.pretrained, overrides=FLAGS.config_override, config=FLAGS.config_file or None)
-  if FLAGS.saved_model and FLAGS.config_file:
-    raise ValueError('Give either --saved_model or --config_file (+ --checkpoint_path), not both.')
+  given = [name for name in ('model', 'saved_model', 'config_file') if FLAGS[name].value]
+  if len(given) > 1:
+    raise ValueError(f'Give one of --model, --saved_model or --config_file (+ --checkpoint_path), '
+                     f'not --{" and --".join(given)}.')
+  if FLAGS.model:
+    return predictor_lib.Predictor.from_export(FLAGS.model)
   if FLAGS.saved_model:
     return predictor_lib.Predictor.from_saved_model(FLAGS.saved_model)
   if not FLAGS.config_file:
-    raise ValueError('Give --saved_model, --pretrained, or --config_file with --checkpoint_path.')
+    raise ValueError('Give --model (or --saved_model), --pretrained, or --config_file with '
+                     '--checkpoint_path.')
   if not FLAGS.checkpoint_path:
     raise ValueError('--config_file needs --checkpoint_path.')
   from kmax_tf.export import serving

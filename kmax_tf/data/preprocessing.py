@@ -63,6 +63,20 @@ def normalize_size(size: SizeSpec) -> Optional[Tuple[int, int]]:
   return size
 
 
+def _ratio(target: int, size: tf.Tensor) -> tf.Tensor:
+  """float32 target / size, bit-identical to DeepLab2's float64 ratio cast to float32.
+
+  DeepLab2 divides a Python int by an int32 tensor (float64) and applies the
+  ratio in float32. Both operands are integers below 2**24, exact in float32,
+  and float64 has more than 2 * 24 + 2 significand bits, so rounding the
+  float64 quotient to float32 gives the correctly rounded float32 quotient
+  (double rounding is innocuous for division; Figueroa, 1995); max/min commute
+  with the monotonic cast. Computing in float32 keeps every size unchanged and
+  keeps float64 out of the graph (LiteRT has no float64 Maximum/Minimum/RealDiv).
+  """
+  return tf.constant(float(target), tf.float32) / tf.cast(size, tf.float32)
+
+
 def _scale_size(size: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   """floor(size * factor) evaluated in float32, as DeepLab2 does."""
   return tf.cast(
@@ -96,20 +110,13 @@ def resize_to_range_size(height: tf.Tensor,
   min_size = normalize_size(min_size)
   max_size = normalize_size(max_size)
   if min_size:
-    # The ratio is computed in float64 (DeepLab2 divides a Python int by an
-    # int32 tensor), then applied in float32.
-    scale = tf.maximum(
-        tf.constant(min_size[0], tf.float64) / tf.cast(height, tf.float64),
-        tf.constant(min_size[1], tf.float64) / tf.cast(width, tf.float64))
+    scale = tf.maximum(_ratio(min_size[0], height), _ratio(min_size[1], width))
     height, width = _scale_size(height, scale), _scale_size(width, scale)
   if max_size:
     if factor:
       max_size = (max_size[0] - (max_size[0] - 1) % factor,
                   max_size[1] - (max_size[1] - 1) % factor)
-    scale = tf.minimum(
-        tf.constant(max_size[0], tf.float64) / tf.cast(height, tf.float64),
-        tf.constant(max_size[1], tf.float64) / tf.cast(width, tf.float64))
-    scale = tf.minimum(tf.cast(scale, tf.float32), 1.0)
+    scale = tf.minimum(tf.minimum(_ratio(max_size[0], height), _ratio(max_size[1], width)), 1.0)
     height, width = _scale_size(height, scale), _scale_size(width, scale)
   size = tf.stack([height, width])
   if factor:
@@ -150,8 +157,10 @@ def undo_preprocessing(maps: tf.Tensor, resized_size, raw_size) -> tf.Tensor:
   """
   cropped = maps[:, :resized_size[0], :resized_size[1]]
   size = tf.cast(tf.stack([raw_size[0], raw_size[1]]), tf.int32)
+  # expand_dims rather than [..., None]: LiteRT has no builtin new-axis slice.
   restored = tf.raw_ops.ResizeNearestNeighbor(
-      images=cropped[..., None], size=size, align_corners=True, half_pixel_centers=False)
+      images=tf.expand_dims(cropped, -1), size=size, align_corners=True,
+      half_pixel_centers=False)
   return restored[..., 0]
 
 

@@ -1,8 +1,11 @@
-"""Export and inference: TF Serving SavedModels, one-image prediction, pictures.
+"""Export and inference: TF Serving SavedModels, LiteRT / ONNX, one-image prediction, pictures.
 
 * `serving`: `export_saved_model(config, checkpoint, output_path)` (used by
   `export_model.py`), the signatures, the version-folder convention.
-* `predictor`: `Predictor.from_checkpoint(...)` / `.from_saved_model(...)`,
+* `portable`: LiteRT (TFLite) and ONNX export of the same pipeline
+  (`export_model.py --format=tflite|onnx`); `runtimes` runs those files.
+* `predictor`: `Predictor.from_checkpoint(...)` / `.from_saved_model(...)` /
+  `.from_tflite(...)` / `.from_onnx(...)` / `.from_export(...)`,
   `predictor(image)` -> panoptic map + segments.
 * `visualization`: colored overlay with boundaries and legend.
 * `preprocessing`: in-graph resize/pad and its undoing, as evaluation.

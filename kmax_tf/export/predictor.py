@@ -3,6 +3,7 @@
 Example:
   predictor = kmax_tf.Predictor.from_saved_model('exported/kmax')      # or
   predictor = kmax_tf.Predictor.from_pretrained('kmax_r50_coco')      # or
+  predictor = kmax_tf.Predictor.from_tflite('exported/kmax_tflite')    # or .from_onnx(...)
   predictor = kmax_tf.Predictor.from_checkpoint('config.textproto', 'ckpt-150000')
   result = predictor('photo.jpg')          # a path, PIL image or uint8 array
   result.panoptic                          # int32 [H, W], class * divisor + instance
@@ -220,6 +221,38 @@ class Predictor:
     predictor = cls(serve, metadata, source=directory)
     predictor._loaded = loaded
     return predictor
+
+  @classmethod
+  def from_tflite(cls, path, num_threads: Optional[int] = None) -> 'Predictor':
+    """From a LiteRT export (`export_model.py --format=tflite`), run by ai-edge-litert.
+
+    Args:
+      path: the .tflite file, its version folder or the base path (highest version).
+      num_threads: interpreter threads (None: LiteRT's default).
+    """
+    from kmax_tf.export import runtimes
+    serve, metadata, file_path = runtimes.load_tflite(path, num_threads)
+    return cls(serve, metadata, source=file_path)
+
+  @classmethod
+  def from_onnx(cls, path, num_threads: Optional[int] = None) -> 'Predictor':
+    """From an ONNX export (`export_model.py --format=onnx`), run by ONNX Runtime on CPU.
+
+    Args:
+      path: the .onnx file, its version folder or the base path (highest version).
+      num_threads: intra-op threads (None: ONNX Runtime's default).
+    """
+    from kmax_tf.export import runtimes
+    serve, metadata, file_path = runtimes.load_onnx(path, num_threads)
+    return cls(serve, metadata, source=file_path)
+
+  @classmethod
+  def from_export(cls, path) -> 'Predictor':
+    """From any export of `export_model.py`; the runtime is picked from what `path` holds."""
+    from kmax_tf.export import runtimes
+    constructors = {'saved_model': cls.from_saved_model, 'tflite': cls.from_tflite,
+                    'onnx': cls.from_onnx}
+    return constructors[runtimes.detect_format(path)](path)
 
   @property
   def metadata(self) -> Dict[str, Any]:

@@ -75,8 +75,11 @@ def _xla_activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
 
 
 def _compiled(kind: str, activation: Optional[str]) -> Callable:
-  """One XLA function per (kind, activation); each traces once per shape and dtype."""
-  key = (kind, (activation or 'none').lower())
+  """One XLA function per (kind, activation); each traces once per shape and dtype.
+
+  Inside `xla_context.other_runtime()` the same function, uncompiled.
+  """
+  key = (kind, (activation or 'none').lower(), xla_context.in_other_runtime_context())
   if key not in _functions:
     activation_fn = _xla_activation(key[1])
     if kind == 'activation':
@@ -101,7 +104,8 @@ def _compiled(kind: str, activation: Optional[str]) -> Callable:
         normalized = tf.nn.batch_normalization(
             tf.cast(x, tf.float32), mean, variance, beta, gamma, epsilon)
         return activation_fn(tf.cast(normalized, x.dtype))
-    _functions[key] = tf.function(function, jit_compile=True, reduce_retracing=False)
+    _functions[key] = (function if key[2] else
+                       tf.function(function, jit_compile=True, reduce_retracing=False))
   return _functions[key]
 
 

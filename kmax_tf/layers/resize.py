@@ -32,7 +32,8 @@ def resize_bilinear(images: tf.Tensor, size: Sequence[int],
   images = tf.cast(images, tf.float32)
   if align_corners and xla_context.in_xla_context():
     images = bilinear_align_corners_by_gathers(images, size)
-  elif channels > 32 or not align_corners:
+  elif channels > 32 or not align_corners or xla_context.in_other_runtime_context():
+    # (The separable form below only speeds up TensorFlow's kernel.)
     images = tf.compat.v1.image.resize_bilinear(images, size, align_corners=align_corners)
   else:
     images = tf.transpose(images, [0, 3, 1, 2])  # [B, C, H, W]

@@ -2,8 +2,12 @@
 
 Some layers pick a different (numerically equivalent) formulation under XLA,
 where a few TensorFlow kernels lower to very slow code on CPU, or with oneDNN,
-which has faster kernels for some of them.
+which has faster kernels for some of them; graphs exported to other runtimes
+(`other_runtime()`) get the plain formulation.
 """
+
+import contextlib
+import threading
 
 import tensorflow as tf
 # No public API tells whether a trace is inside `tf.function(jit_compile=True)`.
@@ -19,5 +23,34 @@ def in_xla_context() -> bool:
 
 
 def onednn_enabled() -> bool:
-  """True when TensorFlow runs CPU kernels with oneDNN (TF_ENABLE_ONEDNN_OPTS, default on x86)."""
-  return bool(_pywrap_util_port.IsMklEnabled())
+  """True when TensorFlow runs CPU kernels with oneDNN (TF_ENABLE_ONEDNN_OPTS, default on x86).
+
+  False while tracing for another runtime (`other_runtime()`).
+  """
+  return bool(_pywrap_util_port.IsMklEnabled()) and not in_other_runtime_context()
+
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def other_runtime():
+  """Code traced inside is for another runtime (LiteRT, ONNX Runtime), not TensorFlow.
+
+  Layers then leave out what only helps TensorFlow run the graph, with the same
+  math: no XLA-compiled or nested tf.functions (the inference-only kernels of
+  `fused_inference`, the kMaX decoder's centre steps, the post-processor;
+  tf2onnx cannot convert such calls) and no oneDNN-specific formulations.
+  Used by `kmax_tf.export.portable`.
+  """
+  depth = getattr(_state, 'depth', 0)
+  _state.depth = depth + 1
+  try:
+    yield
+  finally:
+    _state.depth = depth
+
+
+def in_other_runtime_context() -> bool:
+  """True while tracing inside `other_runtime()`."""
+  return bool(getattr(_state, 'depth', 0))

@@ -483,7 +483,7 @@ def panoptic_predictions(pixel_space_mask_logits: tf.Tensor,
 
   full_logits = resize_align_corners(mask_logits, output_size)
   maps_function = _maps_from_logits
-  if not xla_context.in_xla_context():
+  if not xla_context.in_xla_context() and not xla_context.in_other_runtime_context():
     # The rest is elementwise work and reductions on [B, H, W, N] and
     # [B, H, W] tensors: one XLA kernel reads the logits a few times instead of
     # a dozen TensorFlow ops each streaming them through memory (the resize
@@ -541,7 +541,10 @@ class KMaXPostProcessor(keras.layers.Layer):
     """result_dict holds pixel_space_mask_logits and transformer_class_logits."""
     if isinstance(output_size, (list, tuple)):
       output_size = tuple(int(v) for v in output_size)
-    return _panoptic_predictions_function(
+    # Inlined for other runtimes: tf2onnx cannot convert nested function calls.
+    function = (panoptic_predictions if xla_context.in_other_runtime_context()
+                else _panoptic_predictions_function)
+    return function(
         result_dict[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY],
         result_dict[common.PRED_TRANSFORMER_CLASS_LOGITS_KEY], self._options,
         output_size=output_size)

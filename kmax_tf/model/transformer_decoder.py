@@ -32,6 +32,7 @@ from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import convolutions
 from kmax_tf.layers import drop_path
 from kmax_tf.layers import fused_inference
+from kmax_tf.layers import xla_context
 
 NormLayerFn = Callable[..., keras.layers.Layer]
 
@@ -220,7 +221,7 @@ class KMaXTransformerLayer(keras.layers.Layer):
     step is one kernel launch. Used once the layer is built (by the caller:
     in inference outside XLA).
     """
-    if not self._memory_ffn_conv2_bn.built:
+    if not self._memory_ffn_conv2_bn.built or xla_context.in_other_runtime_context():
       return None
     if self._compiled_center_steps is None:
       # Partials, not lambdas: TensorFlow counts retracing per code object, and

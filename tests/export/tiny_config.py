@@ -33,3 +33,14 @@ OVERRIDES = (
 def tiny_config():
   from kmax_tf.export import serving
   return serving.load_experiment_config(BASE_CONFIG, overrides=OVERRIDES)
+
+
+# Still smaller, for the LiteRT / ONNX export tests (conversions take seconds,
+# not minutes): the demo config's backbone scaling. Maskwise post-processing
+# (the released configs' default), so the converted graphs hold its area counts.
+SLIM_OVERRIDES = OVERRIDES + (
+    'evaluator_options.transformer_post_processing=maskwise',
+    'model_options.backbone.stem_width_multiplier=0.5',
+    'model_options.backbone.backbone_width_multiplier=0.25',
+    'model_options.backbone.backbone_layer_multiplier=0.34',
+)
