@@ -150,6 +150,9 @@ def validate_config(config, source: str = 'config') -> None:
 def validate_for_mode(config, mode: str, source: str = 'config') -> None:
   """Checks what `mode` needs: datasets, file patterns, resolved placeholders."""
   _choice(mode, MODES, '--mode', source)
+  if config.model_options.initial_checkpoint:
+    check_resolved(config.model_options.initial_checkpoint, 'model_options.initial_checkpoint',
+                   source)
   needs = []
   if mode in TRAIN_MODES:
     needs.append(('train_dataset_options', config.train_dataset_options))

@@ -76,7 +76,7 @@ def run_experiment(mode: str, config, model_dir: str, *,
                    evaluator_fn: Optional[Callable] = None,
                    checkpoint_input_iterator: bool = True,
                    use_tf_while_loop: bool = True,
-                   progress_stream=None):
+                   progress_stream=None, eval_initial_model: bool = False):
   """Runs an experiment.
 
   Args:
@@ -97,6 +97,7 @@ def run_experiment(mode: str, config, model_dir: str, *,
     checkpoint_input_iterator: also checkpoint the training input position.
     use_tf_while_loop: run `steps_per_loop` steps inside one graph loop.
     progress_stream: where progress lines go (default stdout).
+    eval_initial_model: allow mode 'eval' without a checkpoint in model_dir.
 
   Returns:
     The last evaluation results (dict name -> numpy value), or None.
@@ -121,7 +122,10 @@ def run_experiment(mode: str, config, model_dir: str, *,
   logging.info('Strategy %s with %d replicas', type(strategy).__name__,
                strategy.num_replicas_in_sync)
   chief = distribution.is_chief(strategy)
+  checkpointing.check_eval_has_checkpoint(mode, model_dir, config.model_options.initial_checkpoint,
+                                          eval_initial_model)
   tf.io.gfile.makedirs(model_dir)
+  checkpointing.newest_intact_checkpoint(model_dir, set_aside_broken=chief)
 
   trainer = evaluator = None
   with strategy.scope():
