@@ -50,7 +50,10 @@ def main(argv) -> int:
         substitutions=loader.parse_key_value_pairs(FLAGS.substitution))
     version_dir, _ = serving.export_saved_model(config, FLAGS.checkpoint_path, FLAGS.output_path)
   except (ValueError, OSError) as error:
-    print(f'Error: {error}', file=sys.stderr)
+    from kmax_tf import cli_errors
+    if not cli_errors.is_user_error(error):
+      raise  # A failure inside TensorFlow or a library: keep its traceback.
+    print(f'Error: {cli_errors.one_line(error)}', file=sys.stderr)
     return 2
   print(f'Exported SavedModel to {version_dir}')
   return 0

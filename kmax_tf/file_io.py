@@ -20,8 +20,7 @@ def write_bytes_atomic(path: PathLike, data: bytes, overwrite: bool = False) -> 
   """
   path = os.fspath(path)
   if not overwrite and os.path.exists(path):
-    raise FileExistsError(f'{path} already exists; refusing to overwrite it (pass '
-                          'overwrite=True to replace it).')
+    raise FileExistsError(f'{path} already exists; refusing to overwrite it.')
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   handle, temp_path = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',

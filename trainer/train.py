@@ -55,22 +55,22 @@ def _parse_substitutions(pairs):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  import tensorflow as tf  # noqa: PLC0415  (after flags, so --help is fast)
-  if FLAGS.num_cpu_devices > 1:
-    cpu = tf.config.list_physical_devices('CPU')[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices)
-  from kmax_tf import cli_errors  # noqa: PLC0415
-  from kmax_tf.config import loader, validation  # noqa: PLC0415
-  from kmax_tf.data import record_check  # noqa: PLC0415
-  from kmax_tf.training import train_lib  # noqa: PLC0415
-
+  from kmax_tf.config import loader, validation  # noqa: PLC0415  (no TensorFlow: fast)
   try:
     config = loader.load_config(FLAGS.config_file, _parse_substitutions(FLAGS.substitution),
                                 FLAGS.config_override)
     validation.validate_for_mode(config, FLAGS.mode, source=FLAGS.config_file)
   except (ValueError, OSError) as error:
     sys.exit(f'Error in the config: {error}')
+  import tensorflow as tf  # noqa: PLC0415  (after flags and config, so errors are fast)
+  if FLAGS.num_cpu_devices > 1:
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices)
+  from kmax_tf import cli_errors  # noqa: PLC0415
+  from kmax_tf.data import record_check  # noqa: PLC0415
+  from kmax_tf.training import train_lib  # noqa: PLC0415
+
   model_dir = os.path.join(FLAGS.model_dir, config.experiment_name)
   try:
     record_check.check_input_files(config, FLAGS.mode)

@@ -225,11 +225,25 @@ def _run_training(mode, controller, trainer, config, checkpoint_items, model_dir
           eval_interval=options.eval_interval)
     except trainer_lib.NonFiniteLossError as error:
       logging.error('%s', error)
-      if non_finite_action == STOP or restores >= MAX_NON_FINITE_RESTORES:
+      if non_finite_action == STOP:
         raise
+      if restores >= MAX_NON_FINITE_RESTORES:
+        raise _restores_spent_error(error, restores) from None
       restores += 1
       _restore_after_non_finite(trainer, checkpoint_items, model_dir, error)
       printer.restart()
+
+
+def _restores_spent_error(error, restores):
+  """The non-finite error once non_finite_loss_action='restore' has used its restores."""
+  spent = trainer_lib.NonFiniteLossError(error.step, error.terms)
+  spent.args = (
+      f'Non-finite training loss at step {error.step} (0-based index of the update): '
+      f'{", ".join(error.terms)} not finite, again after {restores} restores of the newest '
+      "checkpoint (non_finite_loss_action='restore' allows "
+      f'{MAX_NON_FINITE_RESTORES}). No checkpoint was written from a non-finite state. Lower the '
+      'learning rate or enable solver_options.use_gradient_clipping.',)
+  return spent
 
 
 def _restore_after_non_finite(trainer, checkpoint_items, model_dir, error):
