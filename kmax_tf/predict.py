@@ -126,7 +126,8 @@ class ResultWriter:
     overlay = visualization.overlay_from_metadata(prediction.image, prediction.panoptic,
                                                   self._metadata, alpha=self._alpha)
     overlay_path = os.path.join(self._output_dir, 'overlay', stem + '.png')
-    if not self._overwrite and os.path.exists(overlay_path):
+    import tensorflow as tf  # tf.io.gfile: output_dir may be on gs:// or ram://.
+    if not self._overwrite and tf.io.gfile.exists(overlay_path):
       raise FileExistsError(f'{overlay_path} already exists; refusing to overwrite it.')
     training_visualization.write_png_atomic(overlay_path, overlay)
     return record

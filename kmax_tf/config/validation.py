@@ -150,9 +150,6 @@ def validate_config(config, source: str = 'config') -> None:
 def validate_for_mode(config, mode: str, source: str = 'config') -> None:
   """Checks what `mode` needs: datasets, file patterns, resolved placeholders."""
   _choice(mode, MODES, '--mode', source)
-  if config.model_options.initial_checkpoint:
-    check_resolved(config.model_options.initial_checkpoint, 'model_options.initial_checkpoint',
-                   source)
   needs = []
   if mode in TRAIN_MODES:
     needs.append(('train_dataset_options', config.train_dataset_options))
@@ -169,3 +166,6 @@ def validate_for_mode(config, mode: str, source: str = 'config') -> None:
       check_resolved(pattern, f'{field}.file_pattern', source)
     if len(options.crop_size) != 2:
       raise ConfigError(f'{source}: --mode={mode} needs {field}.crop_size [height, width]')
+  if config.model_options.initial_checkpoint:
+    check_resolved(config.model_options.initial_checkpoint, 'model_options.initial_checkpoint',
+                   source)

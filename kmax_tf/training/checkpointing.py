@@ -9,7 +9,6 @@ renamed on completion) and the `checkpoint` index file last.
 """
 
 import os
-import shutil
 import sys
 from typing import Callable, Mapping, Optional
 
@@ -99,7 +98,8 @@ def writer_directory(model_dir: str, chief: bool, worker: str) -> str:
   if chief:
     return model_dir
   scratch = os.path.join(model_dir, f'.{worker}_scratch')
-  shutil.rmtree(scratch, ignore_errors=True)
+  if tf.io.gfile.exists(scratch):  # tf.io.gfile: model_dir may be on gs://.
+    tf.io.gfile.rmtree(scratch)
   return scratch
 
 
@@ -169,7 +169,8 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
   corrupt `.data-*` shard fails here instead of in the middle of a restore.
   """
   try:
-    reader = tf.train.load_checkpoint(prefix)
+    # Not tf.train.load_checkpoint: on ram:// every prefix looks like a directory.
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     dtypes = reader.get_variable_to_dtype_map()
     names = sorted(dtypes)
     # RestoreV2 reads every tensor, the input iterator's variant state included.

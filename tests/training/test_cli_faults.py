@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from kmax_tf import cli_errors
 from kmax_tf.config import loader
-from tests.training.test_end_to_end import REPO, _env, tiny_setup  # noqa: F401  (fixture)
+from tests.training.test_end_to_end import REPO, _env
 
 
 def _train(config, model_dir, *extra, timeout=600):
@@ -101,7 +101,8 @@ def test_corruption_found_during_training_is_one_line_and_keeps_the_checkpoint(
   error_lines = [line for line in result.stderr.splitlines() if line.startswith('Error')]
   assert error_lines == [
       f'Error in the data: {shard}: TFRecord file is corrupt or truncated at byte offset '
-      f'{offset}. Checkpoints written before stay intact in {model_dir}/tiny.'], result.stderr[-3000:]
+      f'{offset}. Checkpoints written before stay intact in {model_dir}/tiny.'
+  ], result.stderr[-3000:]
   assert 'Traceback' not in result.stderr
   # ckpt-0 (written before the first batch) is intact and is the newest checkpoint.
   latest = tf.train.latest_checkpoint(str(model_dir / 'tiny'))
