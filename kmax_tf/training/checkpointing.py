@@ -50,7 +50,7 @@ def initial_checkpoint_items(model_items: Mapping[str, object], model_options) -
 
 def resolve_checkpoint_path(path: str) -> str:
   """A checkpoint prefix from a prefix or a directory; clear error if none."""
-  if tf.io.gfile.isdir(path):
+  if tf.io.gfile.isdir(path) and not tf.io.gfile.exists(path + '.index'):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise ValueError(f'initial_checkpoint directory {path!r} holds no checkpoint.')
