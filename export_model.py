@@ -80,7 +80,10 @@ def main(argv) -> int:
                                            export_format=FLAGS.format,
                                            quantization=FLAGS.quantization)
   except (ValueError, OSError) as error:
-    print(f'Error: {error}', file=sys.stderr)
+    from kmax_tf import cli_errors
+    if not cli_errors.is_user_error(error):
+      raise  # A failure inside TensorFlow or a library: keep its traceback.
+    print(f'Error: {cli_errors.one_line(error)}', file=sys.stderr)
     return 2
   names = {'saved_model': 'SavedModel', 'tflite': 'LiteRT model', 'onnx': 'ONNX model'}
   written = (version_dir if FLAGS.format == 'saved_model' else

@@ -135,8 +135,9 @@ class ResultWriter:
     overlay = visualization.overlay_from_metadata(prediction.image, prediction.panoptic,
                                                   self._metadata, alpha=self._alpha)
     overlay_path = os.path.join(self._output_dir, 'overlay', stem + '.png')
-    if not self._overwrite and os.path.exists(overlay_path):
-      raise FileExistsError(f'{overlay_path} already exists (use --overwrite).')
+    import tensorflow as tf  # tf.io.gfile: output_dir may be on gs:// or ram://.
+    if not self._overwrite and tf.io.gfile.exists(overlay_path):
+      raise FileExistsError(f'{overlay_path} already exists; refusing to overwrite it.')
     training_visualization.write_png_atomic(overlay_path, overlay)
     return record
 
@@ -183,7 +184,12 @@ def run(image_paths: Sequence[str], predictor, output_dir: str, overlay_alpha: f
       writer.add(path, predictor(path))
       written += 1
     except (ValueError, OSError) as error:
+      from kmax_tf import cli_errors
+      if not cli_errors.is_user_error(error):
+        raise  # Not a bad image: a failure that must keep its traceback.
       message = str(error) if path in str(error) else f'{path}: {error}'
+      if isinstance(error, FileExistsError):
+        message += ' Pass --overwrite to replace the outputs.'
       failures.append((path, message))
       _report(f'Skipped {message}')
   if written:
@@ -212,7 +218,11 @@ def main(argv):
     written, failures = run(image_paths, predictor, FLAGS.output_dir, FLAGS.overlay_alpha,
                             FLAGS.overwrite)
   except (ValueError, OSError) as error:
-    print(f'Error: {error}', file=sys.stderr)
+    from kmax_tf import cli_errors
+    if not cli_errors.is_user_error(error):
+      raise  # A failure inside TensorFlow or a library: keep its traceback.
+    hint = ' Pass --overwrite to replace the outputs.' if isinstance(error, FileExistsError) else ''
+    print(f'Error: {cli_errors.one_line(error)}{hint}', file=sys.stderr)
     return 2
   print(f'{written} of {len(image_paths)} images written to {FLAGS.output_dir}'
         + (f'; {len(failures)} failed:' if failures else '.'))

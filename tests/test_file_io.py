@@ -26,3 +26,20 @@ def test_failed_write_leaves_no_file(tmp_path):
   with pytest.raises(TypeError):
     file_io.write_bytes_atomic(tmp_path / 'x.bin', 'not bytes')
   assert os.listdir(tmp_path) == []
+
+
+def test_remote_file_systems_go_through_gfile():
+  import tensorflow as tf  # noqa: PLC0415
+  path = 'ram://file_io_test/sub/out.json'
+  file_io.write_text_atomic(path, '{}')
+  assert not os.path.exists('ram:')  # Not a local folder named "ram:".
+  with tf.io.gfile.GFile(path) as f:
+    assert f.read() == '{}'
+  with pytest.raises(FileExistsError, match='refusing to overwrite'):
+    file_io.write_text_atomic(path, '[]')
+  file_io.write_text_atomic(path, '[]', overwrite=True)
+  with tf.io.gfile.GFile(path) as f:
+    assert f.read() == '[]'
+  with pytest.raises(TypeError):
+    file_io.write_bytes_atomic('ram://file_io_test/sub/x.bin', 'not bytes')
+  assert sorted(tf.io.gfile.listdir('ram://file_io_test/sub')) == ['out.json']

@@ -36,6 +36,8 @@ flags.DEFINE_enum('checkpoint_input_iterator', 'false', ['false', 'true', 'if_po
                   'DeepLab2): a resumed run reads a fresh input stream. true: stop at start-up if '
                   'the pipeline cannot be saved; if_possible: then train without it. The state '
                   'holds the shuffle and prefetch buffers (large at big batches and crops).')
+flags.DEFINE_bool('eval_initial_model', False, 'Allow --mode=eval/continuous_eval on a '
+                  'model_dir without checkpoint (evaluates the initial model).')
 flags.DEFINE_integer('num_cpu_devices', 0, 'Split the CPU into this many logical devices '
                      '(testing MirroredStrategy without accelerators).')
 flags.mark_flags_as_required(['mode', 'model_dir', 'config_file'])
@@ -56,28 +58,42 @@ def _parse_substitutions(pairs):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  import tensorflow as tf  # noqa: PLC0415  (after flags, so --help is fast)
+  from kmax_tf.config import loader, validation  # noqa: PLC0415  (no TensorFlow: fast)
+  try:
+    config = loader.load_config(FLAGS.config_file, _parse_substitutions(FLAGS.substitution),
+                                FLAGS.config_override)
+    validation.validate_for_mode(config, FLAGS.mode, source=FLAGS.config_file)
+  except (ValueError, OSError) as error:
+    sys.exit(f'Error in the config: {error}')
+  import tensorflow as tf  # noqa: PLC0415  (after flags and config, so errors are fast)
   if FLAGS.num_cpu_devices > 1:
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices)
-  from kmax_tf.config import loader  # noqa: PLC0415
+  from kmax_tf import cli_errors  # noqa: PLC0415
+  from kmax_tf.data import record_check  # noqa: PLC0415
   from kmax_tf.training import train_lib  # noqa: PLC0415
 
-  try:
-    config = loader.load_config(FLAGS.config_file, _parse_substitutions(FLAGS.substitution),
-                                FLAGS.config_override)
-  except (ValueError, OSError) as error:
-    sys.exit(f'Error in the config: {error}')
   model_dir = os.path.join(FLAGS.model_dir, config.experiment_name)
+  try:
+    record_check.check_input_files(config, FLAGS.mode)
+  except record_check.DataError as error:
+    sys.exit(f'Error in the data: {error}')
   logging.info('Running %s in %s', FLAGS.mode, model_dir)
   try:
     results = train_lib.run_experiment(
         FLAGS.mode, config, model_dir, strategy_name=FLAGS.strategy, master=FLAGS.master,
-        num_gpus=FLAGS.num_gpus, checkpoint_input_iterator=FLAGS.checkpoint_input_iterator)
-  except ValueError as error:  # Bad config / flags: a message, not a traceback.
-    logging.debug('run_experiment failed', exc_info=True)
-    sys.exit(f'Error: {error}')
+        num_gpus=FLAGS.num_gpus, checkpoint_input_iterator=FLAGS.checkpoint_input_iterator,
+        eval_initial_model=FLAGS.eval_initial_model)
+  except (ValueError, OSError, tf.errors.OpError) as error:
+    # Known user errors (bad config, data, checkpoint): one line. Others keep the traceback.
+    data_error = record_check.data_error_line(error)
+    if data_error is not None:
+      sys.exit(f'Error in the data: {data_error} Checkpoints written before stay intact in '
+               f'{model_dir}.')
+    if not cli_errors.is_user_error(error):
+      raise
+    sys.exit(f'Error: {cli_errors.one_line(error)}')
   if results:
     train_lib.print_results(results)
 

@@ -166,3 +166,6 @@ def validate_for_mode(config, mode: str, source: str = 'config') -> None:
       check_resolved(pattern, f'{field}.file_pattern', source)
     if len(options.crop_size) != 2:
       raise ConfigError(f'{source}: --mode={mode} needs {field}.crop_size [height, width]')
+  if config.model_options.initial_checkpoint:
+    check_resolved(config.model_options.initial_checkpoint, 'model_options.initial_checkpoint',
+                   source)

@@ -169,7 +169,22 @@ def panoptic_from_segments(
     elif is_crowd:
       raise ConversionError(f'{source}: stuff segment {segment["id"]} (category {category_id}) '
                             'is marked iscrowd')
+  _check_all_ids_listed(segment_ids, segments, source)
   return semantic * spec.label_divisor + instance, dict(counts)
+
+
+def _check_all_ids_listed(segment_ids: np.ndarray, segments: Sequence[Mapping[str, Any]],
+                          source: str) -> None:
+  """Every non-zero id of the PNG must be in segments_info (as the COCO PQ evaluation demands).
+
+  An unlisted id would silently become void; it is an error wherever it lies.
+  """
+  listed = np.asarray(sorted({int(segment['id']) for segment in segments} | {0}), np.int64)
+  present = np.unique(segment_ids)
+  unlisted = present[~np.isin(present, listed)]
+  if unlisted.size:
+    raise ConversionError(f'{source}: segment id(s) {unlisted[:10].tolist()} appear in the PNG '
+                          'but not in its JSON segments_info')
 
 
 def encode_panoptic_label(panoptic: np.ndarray, label_format: str, label_divisor: int) -> bytes:

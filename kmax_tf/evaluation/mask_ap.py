@@ -51,7 +51,12 @@ class MaskAP:
   reset_states = reset_state
 
   def _thing_segments(self, panoptic: np.ndarray) -> np.ndarray:
-    ids = np.unique(panoptic)
+    """Thing segment ids in order of first appearance (row-major), as DeepLab2's tf.unique.
+
+    The order matters: COCO evaluation keeps the given order among equal scores.
+    """
+    ids, first = np.unique(np.asarray(panoptic).reshape(-1), return_index=True)
+    ids = ids[np.argsort(first, kind='stable')]
     classes = ids // self.label_divisor
     keep = np.isin(classes, self.thing_class_ids) & (classes != self.ignore_label)
     return ids[keep]

@@ -387,8 +387,15 @@ def decode_panoptic_png(source: Union[str, bytes, os.PathLike],
     if ids is not None:
       return ids
   import io  # pylint: disable=g-import-not-at-top
-  with _pil_image().open(io.BytesIO(data)) as image:
-    ids = rgb_to_ids(np.array(image, dtype=np.uint32))
+  try:
+    with _pil_image().open(io.BytesIO(data)) as image:
+      ids = rgb_to_ids(np.array(image, dtype=np.uint32))
+  except OSError as error:  # PIL's UnidentifiedImageError, truncated data, ...
+    # PIL names its in-memory buffer; name the file (or the data) instead.
+    what = os.fspath(source) if not isinstance(source, (bytes, bytearray, memoryview)) else (
+        f'{len(data)} bytes of data')
+    reason = str(error).replace(' <_io.BytesIO', '').split(' object at')[0]
+    raise ValueError(f'{what} is not a readable PNG image ({reason.strip()}).') from None
   if out is None:
     return ids
   result = _output(out, *ids.shape)

@@ -108,7 +108,7 @@ class PanopticSubmissionWriter:
     self._annotations: List[Dict[str, Any]] = []
     self._image_ids = set()
     if not overwrite and os.path.exists(self.json_path):
-      raise FileExistsError(f'{self.json_path} already exists; pass overwrite=True to replace it.')
+      raise FileExistsError(f'{self.json_path} already exists; refusing to overwrite it.')
 
   def _image_id(self, stem: str):
     if self.output_format == CITYSCAPES:

@@ -53,11 +53,21 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
     raise ImageReadError(f'{path}: not a readable image ({error}).') from None
 
 
+def _check_pixel_range(array: np.ndarray, name: str) -> None:
+  low, high = array.min(), array.max()
+  if low < 0 or high > 255:
+    raise ImageReadError(f'{name} has values in [{low:g}, {high:g}]; pixel values must lie in '
+                         f'[0, 255] ({array.dtype} image; pass uint8, or scale it first).')
+
+
 def to_rgb_uint8(image: ImageLike, name: str = 'image') -> np.ndarray:
   """A path, PIL image or array [H, W] / [H, W, 1|3|4] -> uint8 [H, W, 3] RGB.
 
-  Float arrays must hold values in [0, 255] (they are rounded); other integer
-  types are clipped to [0, 255].
+  Arrays are uint8, or float / integer arrays holding values in [0, 255]
+  (floats are rounded). Anything else is an ImageReadError rather than a
+  silent clip or wrap-around: values outside [0, 255], and float images whose
+  values all lie in [0, 1] (the [0, 1] convention; rounding would make them
+  black).
   """
   if isinstance(image, (str, os.PathLike)):
     return read_image(image)
@@ -79,7 +89,17 @@ def to_rgb_uint8(image: ImageLike, name: str = 'image') -> np.ndarray:
   if np.issubdtype(array.dtype, np.floating):
     if not np.all(np.isfinite(array)):
       raise ImageReadError(f'{name} has NaN or infinite values.')
-    return np.clip(np.round(array), 0, 255).astype(np.uint8)
-  if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-    return np.clip(array.astype(np.int64), 0, 255).astype(np.uint8)
+    _check_pixel_range(array, name)
+    low, high = float(array.min()), float(array.max())
+    if 0.0 < high <= 1.0:
+      raise ImageReadError(
+          f'{name} is a {array.dtype} image with values in [{low:g}, {high:g}]: it looks '
+          'scaled to [0, 1], but float images must hold [0, 255] values. Multiply by 255 '
+          '(or pass uint8).')
+    return np.round(array).astype(np.uint8)
+  if array.dtype == bool:
+    return array.astype(np.uint8)
+  if np.issubdtype(array.dtype, np.integer):
+    _check_pixel_range(array, name)
+    return array.astype(np.uint8)
   raise ImageReadError(f'{name} has unsupported dtype {array.dtype}.')

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from kmax_tf import common
+from kmax_tf import file_io
 from kmax_tf.export import image_io
 from kmax_tf.export import serving
 
@@ -92,13 +93,17 @@ def _check_metadata(metadata: Dict[str, Any], source: str) -> Dict[str, Any]:
 
 def find_saved_model_dir(path) -> str:
   """`path` itself if it holds saved_model.pb, else its highest numeric version."""
-  path = os.path.abspath(os.fspath(path))
-  if not os.path.isdir(path):
+  path = os.fspath(path)
+  if not file_io.is_remote(path):
+    path = os.path.abspath(path)
+  path = path.rstrip('/')
+  if not tf.io.gfile.isdir(path):
     raise ValueError(f'SavedModel directory {path} does not exist.')
-  if os.path.isfile(os.path.join(path, 'saved_model.pb')):
+  if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
     return path
-  versions = [int(name) for name in os.listdir(path) if re.match(r'^\d+$', name)
-              and os.path.isfile(os.path.join(path, name, 'saved_model.pb'))]
+  names = [name.rstrip('/') for name in tf.io.gfile.listdir(path)]
+  versions = [int(name) for name in names if re.match(r'^\d+$', name)
+              and tf.io.gfile.exists(os.path.join(path, name, 'saved_model.pb'))]
   if not versions:
     raise ValueError(f'{path} is neither a SavedModel (no saved_model.pb) nor a TF Serving base '
                      'path with numbered SavedModel versions.')

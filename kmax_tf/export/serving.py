@@ -38,8 +38,7 @@ version.
 import json
 import os
 import re
-import shutil
-import tempfile
+import uuid
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from absl import logging
@@ -47,6 +46,7 @@ import tensorflow as tf
 
 import kmax_tf
 from kmax_tf import common
+from kmax_tf import file_io
 from kmax_tf.config import loader
 from kmax_tf.data import dataset_descriptors
 from kmax_tf.data import preprocessing as data_preprocessing
@@ -279,48 +279,82 @@ def build_serving_module(config, checkpoint_path: Optional[str],
   return PanopticServingModule(model, spec, metadata)
 
 
+def _absolute(path) -> str:
+  path = os.fspath(path)
+  return path if file_io.is_remote(path) else os.path.abspath(path)
+
+
+def _listdir(path: str):
+  return [entry.rstrip('/') for entry in tf.io.gfile.listdir(path)]
+
+
 def resolve_version_dir(output_path: Union[str, os.PathLike]) -> str:
   """The numbered version directory to write (see the module docstring)."""
-  output_path = os.path.abspath(os.fspath(output_path))
+  output_path = _absolute(output_path).rstrip('/')
   name = os.path.basename(output_path)
   if _VERSION_PATTERN.match(name):
-    if os.path.exists(output_path) and (not os.path.isdir(output_path)
-                                        or os.listdir(output_path)):
+    if tf.io.gfile.exists(output_path) and (not tf.io.gfile.isdir(output_path)
+                                            or _listdir(output_path)):
       raise ValueError(f'Version directory {output_path} already exists and is not empty; '
                        'refusing to overwrite it. Pass the base path to get the next version.')
     return output_path
-  if os.path.isfile(os.path.join(output_path, 'saved_model.pb')):
+  if tf.io.gfile.exists(os.path.join(output_path, 'saved_model.pb')):
     raise ValueError(f'{output_path} already holds a SavedModel; refusing to overwrite it. '
                      'Pass a base path (versions go to <base>/<n>) or a new numbered directory.')
-  if os.path.exists(output_path) and not os.path.isdir(output_path):
+  if tf.io.gfile.exists(output_path) and not tf.io.gfile.isdir(output_path):
     raise ValueError(f'--output_path {output_path} is a file, not a directory.')
   versions = []
-  if os.path.isdir(output_path):
-    versions = [int(entry) for entry in os.listdir(output_path) if _VERSION_PATTERN.match(entry)]
+  if tf.io.gfile.isdir(output_path):
+    versions = [int(entry) for entry in _listdir(output_path) if _VERSION_PATTERN.match(entry)]
   return os.path.join(output_path, str(max(versions, default=0) + 1))
+
+
+def _publish(model_dir: str, version_dir: str) -> None:
+  """Moves the saved model into `version_dir`, saved_model.pb last.
+
+  A local rename is atomic. Other file systems (gs://, ram://) cannot rename a
+  folder in one step: the files are copied with saved_model.pb last, so the
+  version counts as a SavedModel only once complete.
+  """
+  if not file_io.is_remote(version_dir):
+    if os.path.isdir(version_dir):
+      os.rmdir(version_dir)  # Empty (checked by resolve_version_dir).
+    os.rename(model_dir, version_dir)
+    return
+  last = None
+  for folder, _, files in tf.io.gfile.walk(model_dir):
+    target = version_dir + folder[len(model_dir):]
+    tf.io.gfile.makedirs(target)
+    for name in files:
+      if folder.rstrip('/') == model_dir.rstrip('/') and name == 'saved_model.pb':
+        last = (os.path.join(folder, name), os.path.join(target, name))
+        continue
+      tf.io.gfile.copy(os.path.join(folder, name), os.path.join(target, name))
+  if last is not None:
+    tf.io.gfile.copy(*last)
 
 
 def save_module(module: PanopticServingModule, output_path) -> str:
   """Saves `module` as a TF Serving version folder; returns its path."""
   version_dir = resolve_version_dir(output_path)
   parent = os.path.dirname(version_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f'.tmp-export-{os.path.basename(version_dir)}-', dir=parent)
+  tf.io.gfile.makedirs(parent)
+  staging = os.path.join(parent, f'.tmp-export-{os.path.basename(version_dir)}-'
+                         f'{uuid.uuid4().hex[:12]}')
   try:
     metadata_file = os.path.join(staging, 'metadata_source', METADATA_ASSET)
-    os.makedirs(os.path.dirname(metadata_file))
-    with open(metadata_file, 'w', encoding='utf-8') as f:
-      json.dump(module.metadata, f, indent=1)
+    tf.io.gfile.makedirs(os.path.dirname(metadata_file))
+    with tf.io.gfile.GFile(metadata_file, 'w') as f:
+      f.write(json.dumps(module.metadata, indent=1))
     module.metadata_asset = tf.saved_model.Asset(metadata_file)
     model_dir = os.path.join(staging, 'model')
     # No device scope and no device saving: the graph stays device-free.
     tf.saved_model.save(module, model_dir, signatures=module.signatures(),
                         options=tf.saved_model.SaveOptions(save_debug_info=False))
-    if os.path.isdir(version_dir):
-      os.rmdir(version_dir)  # Empty (checked by resolve_version_dir).
-    os.rename(model_dir, version_dir)
+    _publish(model_dir, version_dir)
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    if tf.io.gfile.exists(staging):
+      tf.io.gfile.rmtree(staging)
   return version_dir
 
 

@@ -109,7 +109,8 @@ def resolve_checkpoint_path(path) -> str:
     raise ValueError('Checkpoint path is empty.')
   if path.endswith('.index') and tf.io.gfile.exists(path):
     path = path[:-len('.index')]
-  if tf.io.gfile.isdir(path):
+  # A prefix first: on ram:// every prefix of a file also counts as a directory.
+  if tf.io.gfile.isdir(path) and not tf.io.gfile.exists(path + '.index'):
     prefix = tf.train.latest_checkpoint(path)
     if prefix is None:
       index_files = sorted(tf.io.gfile.glob(os.path.join(path, '*.index')))
@@ -129,7 +130,10 @@ def resolve_checkpoint_path(path) -> str:
 def _read_checkpoint_shapes(prefix: str) -> Dict[str, Shape]:
   """{key without the VARIABLE_VALUE suffix: shape} of every tensor in the file."""
   try:
-    listed = tf.train.list_variables(prefix)
+    # The reader directly (not tf.train.list_variables, which treats a ram:// prefix as a
+    # directory).
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+    listed = sorted(reader.get_variable_to_shape_map().items())
   except (tf.errors.OpError, ValueError, OSError) as error:
     message = str(error).strip().splitlines()[0] if str(error).strip() else ''
     hint = ''

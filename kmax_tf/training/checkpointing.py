@@ -9,7 +9,7 @@ renamed on completion) and the `checkpoint` index file last.
 """
 
 import os
-import shutil
+import sys
 import uuid
 from typing import Callable, Mapping, Optional
 
@@ -77,7 +77,7 @@ def resolve_checkpoint_path(path: str) -> str:
   """A checkpoint prefix from a prefix, a directory or 'pretrained:NAME'; clear error if none."""
   from kmax_tf import pretrained  # noqa: PLC0415
   path = pretrained.resolve_reference(path)  # Downloads a registered model on first use.
-  if tf.io.gfile.isdir(path):
+  if tf.io.gfile.isdir(path) and not tf.io.gfile.exists(path + '.index'):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise ValueError(f'initial_checkpoint directory {path!r} holds no checkpoint.')
@@ -125,7 +125,8 @@ def writer_directory(model_dir: str, chief: bool, worker: str) -> str:
   if chief:
     return model_dir
   scratch = os.path.join(model_dir, f'.{worker}_scratch')
-  shutil.rmtree(scratch, ignore_errors=True)
+  if tf.io.gfile.exists(scratch):  # tf.io.gfile: model_dir may be on gs://.
+    tf.io.gfile.rmtree(scratch)
   return scratch
 
 
@@ -183,3 +184,127 @@ def restore_input_position(items: Mapping[str, object], model_dir: str) -> bool:
                     latest, str(error).splitlines()[0][:300])
     return False
   return True
+
+
+BROKEN_CHECKPOINTS_DIR = 'broken_checkpoints'
+
+
+def checkpoint_problem(prefix: str) -> Optional[str]:
+  """None if checkpoint `prefix` reads completely, else what is wrong (one line).
+
+  Reads the index and every tensor: a corrupt `.index` or a truncated or
+  corrupt `.data-*` shard fails here instead of in the middle of a restore.
+  """
+  try:
+    # Not tf.train.load_checkpoint: on ram:// every prefix looks like a directory.
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    names = sorted(dtypes)
+    # RestoreV2 reads every tensor, the input iterator's variant state included.
+    with tf.device('/cpu:0'):
+      tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[''] * len(names),
+                           dtypes=[dtypes[name] for name in names])
+  except (tf.errors.OpError, IndexError, ValueError) as error:
+    text = getattr(error, 'message', None) or str(error) or type(error).__name__
+    return text.strip().split('\n')[0][:300]
+  return None
+
+
+def _checkpoint_files(prefix: str) -> list:
+  return sorted(tf.io.gfile.glob(prefix + '.index') + tf.io.gfile.glob(prefix + '.data-*'))
+
+
+def _set_aside(prefix: str, model_dir: str) -> str:
+  """Moves the files of checkpoint `prefix` into `<model_dir>/broken_checkpoints/` (kept)."""
+  folder = os.path.join(model_dir, BROKEN_CHECKPOINTS_DIR)
+  tf.io.gfile.makedirs(folder)
+  name = os.path.basename(prefix)
+  suffix, attempt = '', 1
+  while any(tf.io.gfile.exists(os.path.join(folder, os.path.basename(f) + suffix))
+            for f in _checkpoint_files(prefix)):
+    attempt += 1
+    suffix = f'.{attempt}'
+  for path in _checkpoint_files(prefix):
+    tf.io.gfile.rename(path, os.path.join(folder, os.path.basename(path) + suffix))
+  return os.path.join(folder, name + suffix)
+
+
+def newest_intact_checkpoint(model_dir: str, set_aside_broken: bool = True) -> Optional[str]:
+  """The newest checkpoint of `model_dir` that reads completely; broken ones named in the log.
+
+  A broken checkpoint (corrupt `.index`, truncated `.data-*`) among those the
+  CheckpointManager keeps is reported by name. With `set_aside_broken`, its
+  files are moved (never deleted) into `<model_dir>/broken_checkpoints/` and
+  the `checkpoint` state file is rewritten to list only the intact ones, so a
+  restart resumes from the newest intact checkpoint and the re-save at that
+  step cannot overwrite the broken files.
+
+  Returns:
+    The newest intact checkpoint prefix, or None when `model_dir` has none.
+
+  Raises:
+    ValueError: every kept checkpoint is broken (naming them), rather than
+      silently starting from scratch.
+  """
+  state = tf.train.get_checkpoint_state(model_dir)
+  if state is None or not state.model_checkpoint_path:
+    return None
+  kept = list(state.all_model_checkpoint_paths)
+  if state.model_checkpoint_path not in kept:
+    kept.append(state.model_checkpoint_path)
+  timestamps = list(state.all_model_checkpoint_timestamps)
+  broken = {}
+  intact = None
+  for prefix in reversed(kept):
+    problem = checkpoint_problem(prefix)
+    if problem is None:
+      intact = prefix
+      break
+    broken[prefix] = problem
+  if not broken:
+    return intact
+  for prefix, problem in broken.items():
+    logging.error('Checkpoint %s is broken: %s', prefix, problem)
+  if intact is None:
+    raise ValueError(f'No intact checkpoint in {model_dir}: ' + '; '.join(
+        f'{prefix} is broken ({problem})' for prefix, problem in broken.items()) +
+        '. Nothing was moved or deleted; remove or repair them to start again.')
+  message = (f'Checkpoint {", ".join(broken)} in {model_dir} cannot be read; falling back '
+             f'to the newest intact checkpoint {intact}.')
+  if set_aside_broken:
+    moved = [_set_aside(prefix, model_dir) for prefix in broken]
+    remaining = [prefix for prefix in kept if prefix not in broken]
+    remaining_times = None
+    if len(timestamps) == len(kept):
+      remaining_times = [t for prefix, t in zip(kept, timestamps) if prefix not in broken]
+    tf.compat.v1.train.update_checkpoint_state(
+        model_dir, intact, all_model_checkpoint_paths=remaining,
+        all_model_checkpoint_timestamps=remaining_times,
+        last_preserved_timestamp=state.last_preserved_timestamp or None)
+    message += f' The broken files were moved, not deleted, to {", ".join(moved)}.*'
+  logging.warning('%s', message)
+  print(message, file=sys.stderr, flush=True)
+  return intact
+
+
+def check_eval_has_checkpoint(mode: str, model_dir: str, initial_checkpoint: str,
+                              eval_initial_model: bool) -> None:
+  """`--mode=eval` needs a checkpoint in `model_dir`, unless the initial model is asked for.
+
+  Evaluating a fresh model (random weights, PQ 0) is almost always a wrong
+  `--model_dir`; it is allowed explicitly with `eval_initial_model` or with
+  `model_options.initial_checkpoint`. (`continuous_eval` waits for the
+  trainer's first checkpoint instead.)
+
+  Raises:
+    ValueError: naming the directory.
+  """
+  if mode != 'eval' or eval_initial_model or initial_checkpoint:
+    return
+  if tf.io.gfile.isdir(model_dir) and tf.train.latest_checkpoint(model_dir) is not None:
+    return
+  where = 'does not exist' if not tf.io.gfile.isdir(model_dir) else 'holds no checkpoint'
+  raise ValueError(f'--mode=eval: {model_dir} {where}. Give the model_dir of a training run '
+                   '(the config\'s experiment_name is appended to --model_dir), set '
+                   'model_options.initial_checkpoint, or pass --eval_initial_model to evaluate '
+                   'the initial model.')

@@ -136,7 +136,7 @@ def run_experiment(mode: str, config, model_dir: str, *,
                    evaluator_fn: Optional[Callable] = None,
                    checkpoint_input_iterator=INPUT_STATE_OFF,
                    use_tf_while_loop: bool = True,
-                   progress_stream=None):
+                   progress_stream=None, eval_initial_model: bool = False):
   """Runs an experiment.
 
   Args:
@@ -159,6 +159,7 @@ def run_experiment(mode: str, config, model_dir: str, *,
       the training input position is checkpointed; see the module docstring.
     use_tf_while_loop: run `steps_per_loop` steps inside one graph loop.
     progress_stream: where progress lines go (default stdout).
+    eval_initial_model: allow mode 'eval' without a checkpoint in model_dir.
 
   Returns:
     The last evaluation results (dict name -> numpy value), or None.
@@ -184,7 +185,10 @@ def run_experiment(mode: str, config, model_dir: str, *,
   logging.info('Strategy %s with %d replicas', type(strategy).__name__,
                strategy.num_replicas_in_sync)
   chief = distribution.is_chief(strategy)
+  checkpointing.check_eval_has_checkpoint(mode, model_dir, config.model_options.initial_checkpoint,
+                                          eval_initial_model)
   tf.io.gfile.makedirs(model_dir)
+  checkpointing.newest_intact_checkpoint(model_dir, set_aside_broken=chief)
 
   trainer = evaluator = None
   with strategy.scope():
@@ -287,11 +291,25 @@ def _run_training(mode, controller, trainer, config, checkpoint_items, model_dir
           eval_interval=options.eval_interval)
     except trainer_lib.NonFiniteLossError as error:
       logging.error('%s', error)
-      if non_finite_action == STOP or restores >= MAX_NON_FINITE_RESTORES:
+      if non_finite_action == STOP:
         raise
+      if restores >= MAX_NON_FINITE_RESTORES:
+        raise _restores_spent_error(error, restores) from None
       restores += 1
       _restore_after_non_finite(trainer, checkpoint_items, model_dir, error)
       printer.restart()
+
+
+def _restores_spent_error(error, restores):
+  """The non-finite error once non_finite_loss_action='restore' has used its restores."""
+  spent = trainer_lib.NonFiniteLossError(error.step, error.terms)
+  spent.args = (
+      f'Non-finite training loss at step {error.step} (0-based index of the update): '
+      f'{", ".join(error.terms)} not finite, again after {restores} restores of the newest '
+      "checkpoint (non_finite_loss_action='restore' allows "
+      f'{MAX_NON_FINITE_RESTORES}). No checkpoint was written from a non-finite state. Lower the '
+      'learning rate or enable solver_options.use_gradient_clipping.',)
+  return spent
 
 
 def _restore_after_non_finite(trainer, checkpoint_items, model_dir, error):

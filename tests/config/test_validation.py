@@ -61,7 +61,13 @@ def test_unresolved_needed_placeholder_is_named(monkeypatch):
     validation.validate_for_mode(config, 'train')
   message = str(error.value)
   assert '${TRAIN_SET}' in message and 'train_dataset_options.file_pattern' in message
+  # An unresolved initial_checkpoint is named too (not "not found" after the model is built).
   config = _load(substitutions={'TRAIN_SET': 'x*.tfrecord'})
+  with pytest.raises(loader.ConfigError, match=r'model_options.initial_checkpoint is '
+                     r"'\$\{INIT_CHECKPOINT\}', whose placeholder \$\{INIT_CHECKPOINT\} is not "
+                     r'resolved. Set it with --substitution INIT_CHECKPOINT='):
+    validation.validate_for_mode(config, 'train')
+  config = _load(substitutions={'TRAIN_SET': 'x*.tfrecord', 'INIT_CHECKPOINT': '/ckpt'})
   validation.validate_for_mode(config, 'train')
 
 

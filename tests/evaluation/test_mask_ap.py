@@ -56,3 +56,20 @@ def test_crowd_gt_is_not_a_miss_and_empty_gives_zeros():
   assert empty.result()['AP_Mask'] == 0.0
   with pytest.raises(ValueError, match='Shapes differ'):
     empty.update_state(gt, pred[:3], np.ones(gt.shape), np.ones(gt.shape))
+
+
+def test_equal_scores_keep_deeplab2_first_appearance_order():
+  # One class-1 ground-truth instance at the bottom. Two class-1 predictions with the same
+  # score: a spurious one (id 105) at the top, the correct one (id 101) at the bottom.
+  gt = np.full((40, 40), 300)
+  gt[30:38, 2:10] = 101
+  pred = np.full(gt.shape, 300)
+  pred[2:10, 2:10] = 105
+  pred[30:38, 2:10] = 101
+  metric = mask_ap.MaskAP(**_FORMAT)
+  metric.update_state(gt, pred, np.ones(gt.shape), np.full(gt.shape, 0.5))
+  # DeepLab2 lists segments by tf.unique over the row-major map: 105 first. COCO keeps that
+  # order among equal scores, so the ranking is FP, TP: precision 1/2 at recall 1 -> AP 0.5.
+  # (By ascending id, 101 first, AP would be 1.0.)
+  assert metric.result()['AP_Mask'] == pytest.approx(0.5)
+  assert metric.result()['AR_Mask_maxdets=100'] == pytest.approx(1.0)

@@ -56,3 +56,22 @@ def test_arrays_and_pil_images():
     image_io.to_rgb_uint8(np.full((2, 3, 3), np.nan))
   with pytest.raises(image_io.ImageReadError, match='empty'):
     image_io.to_rgb_uint8(np.zeros((0, 3, 3), np.uint8))
+
+
+def test_float_and_out_of_range_arrays_are_errors_not_silent_changes():
+  photo = np.random.default_rng(0).uniform(0, 1, (4, 5, 3))
+  # A [0, 1] float image would round to nearly black: an error saying so.
+  with pytest.raises(image_io.ImageReadError, match=r'looks scaled to \[0, 1\].*Multiply by 255'):
+    image_io.to_rgb_uint8(photo.astype(np.float32))
+  np.testing.assert_array_equal(image_io.to_rgb_uint8(photo * 255),
+                                np.round(photo * 255).astype(np.uint8))
+  for bad, dtype in ((-1.0, np.float64), (255.5, np.float32), (256, np.int32), (300, np.uint16),
+                     (-3, np.int8)):
+    image = np.full((2, 3, 3), 10, dtype)
+    image[1, 2, 0] = bad
+    with pytest.raises(image_io.ImageReadError, match=r'pixel values must lie in \[0, 255\]'):
+      image_io.to_rgb_uint8(image)
+  # Integers in range keep their values (no wrap-around, no clipping).
+  image = np.arange(6 * 3, dtype=np.int64).reshape(2, 3, 3) * 15
+  np.testing.assert_array_equal(image_io.to_rgb_uint8(image), image.astype(np.uint8))
+  assert image_io.to_rgb_uint8(np.zeros((2, 3, 3), np.float32)).max() == 0  # Black is black.
