@@ -2,7 +2,7 @@
 
 Usage: python -m tests.training.standin_run MODEL_DIR STEPS [--strategy=...]
   [--sleep_per_loop=S] [--mixed=POLICY] [--nan_at_step=N] [--non_finite_action=...]
-  [--num_cpu_devices=K]
+  [--num_cpu_devices=K] [--checkpoint_input_iterator=false|true|if_possible]
 At the end writes MODEL_DIR/final_weights.npz (all model weights) on the chief.
 """
 
@@ -26,6 +26,7 @@ def main():
   parser.add_argument('--nan_at_step', type=int, default=-1)
   parser.add_argument('--non_finite_action', default='stop')
   parser.add_argument('--num_cpu_devices', type=int, default=0)
+  parser.add_argument('--checkpoint_input_iterator', default='false')
   args = parser.parse_args()
   if args.num_cpu_devices > 1:
     cpu = tf.config.list_physical_devices('CPU')[0]
@@ -81,7 +82,8 @@ def main():
 
   train_lib.run_experiment('train', config, args.model_dir, strategy=strategy,
                            model_fn=model_fn, loss_fn=lambda _config, _model: loss,
-                           dataset_fn=dataset_fn)
+                           dataset_fn=dataset_fn,
+                           checkpoint_input_iterator=args.checkpoint_input_iterator)
   # Every worker reads (ON_READ BatchNorm statistics are all-reduced); the chief saves.
   weights = {v.name: v.numpy() for v in model_holder['model'].weights}
   if distribution.is_chief(strategy):

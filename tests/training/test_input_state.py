@@ -65,3 +65,38 @@ def test_start_up_check_stops_or_warns_as_chosen(capsys):
   good = _Trainer(iter(tf.data.Dataset.range(4)))
   assert train_lib._check_input_state(good, train_lib.INPUT_STATE_REQUIRED)
   assert not train_lib._check_input_state(good, train_lib.INPUT_STATE_OFF)
+
+
+def test_without_input_state_each_input_worker_builds_per_replica_batches(repo_root,
+                                                                          dl2_reference):
+  options = _released_coco_options(repo_root, dl2_reference)  # Global batch 2.
+  per_worker = train_lib._training_input(train_lib._default_dataset_fn, options, per_worker=True)
+  assert callable(per_worker)
+  context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                       num_replicas_in_sync=2)
+  assert per_worker(context).element_spec['image'].shape.as_list() == [1, 65, 65, 3]
+  # With the input position saved, one Dataset of global batches (split by the trainer).
+  global_batches = train_lib._training_input(train_lib._default_dataset_fn, options,
+                                             per_worker=False)
+  assert global_batches.element_spec['image'].shape.as_list() == [2, 65, 65, 3]
+
+
+def test_trainer_reads_per_replica_batches_from_a_dataset_function():
+  from kmax_tf.training import trainer as trainer_lib  # noqa: PLC0415
+  from tests.training import standins  # noqa: PLC0415
+  config = standins.make_config(steps=2)
+  contexts = []
+
+  def dataset_fn(input_context):
+    contexts.append(input_context)
+    return standins.make_dataset(input_context.get_per_replica_batch_size(4))
+
+  with tf.distribute.OneDeviceStrategy('/cpu:0').scope():
+    trainer = trainer_lib.Trainer(standins.TinyModel(), standins.ToyLoss(), dataset_fn,
+                                  config.trainer_options.solver_options,
+                                  trainer_lib.orbit.utils.create_global_step(),
+                                  checkpointable_input=False)
+  assert trainer.train_iterator is None  # Not checkpointable: tf.distribute's iterator.
+  assert [(c.num_input_pipelines, c.num_replicas_in_sync) for c in contexts] == [(1, 1)]
+  trainer.train(tf.constant(2))
+  assert int(trainer.global_step.numpy()) == 2

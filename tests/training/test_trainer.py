@@ -70,10 +70,11 @@ def test_unsynchronized_batchnorm_would_differ(mirrored_results):
 def test_kill9_and_restart_resumes_with_exact_step_accounting(tmp_path):
   steps = 24
   reference_dir, killed_dir = tmp_path / 'reference', tmp_path / 'killed'
-  _run('tests.training.standin_run', reference_dir, steps)
+  exact = '--checkpoint_input_iterator=true'  # Same batches after the restart.
+  _run('tests.training.standin_run', reference_dir, steps, exact)
 
   command = [sys.executable, '-m', 'tests.training.standin_run', str(killed_dir), str(steps),
-             '--sleep_per_loop=0.4']
+             '--sleep_per_loop=0.4', exact]
   process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
@@ -90,7 +91,7 @@ def test_kill9_and_restart_resumes_with_exact_step_accounting(tmp_path):
   killed_at = max(_checkpoint_steps(killed_dir))
   assert 8 <= killed_at < steps
 
-  result = _run('tests.training.standin_run', killed_dir, steps)
+  result = _run('tests.training.standin_run', killed_dir, steps, exact)
   assert f'restored from checkpoint: {killed_dir}/ckpt-{killed_at}' in result.stdout
   assert f'step {killed_at + 2}/{steps}' in result.stdout  # First loop after the restore.
   assert _checkpoint_steps(killed_dir)[-1] == steps
