@@ -16,6 +16,8 @@ from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
+from kmax_tf.data import input_pipeline
+
 # TFRecord framing: uint64 length, uint32 masked CRC of the length, the data,
 # uint32 masked CRC of the data.
 _HEADER_BYTES = 12
@@ -43,13 +45,10 @@ def is_remote(path: str) -> bool:
 
 def matched_files(file_patterns: Sequence[str], field: str) -> List[str]:
   """Sorted unique files of `file_patterns`; DataError naming a pattern matching nothing."""
-  files = []
-  for pattern in file_patterns:
-    matches = tf.io.gfile.glob(pattern)
-    if not matches:
-      raise DataError(f'{field}.file_pattern {pattern!r} matches no file.')
-    files.extend(matches)
-  return sorted(set(files))
+  try:
+    return input_pipeline.resolve_file_patterns(file_patterns)
+  except ValueError as error:  # "file_pattern ... matches no file." or an empty list.
+    raise DataError(f'{field}.{str(error).removeprefix("dataset_options.")}') from None
 
 
 def check_framing(path: str) -> int:
