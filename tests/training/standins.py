@@ -75,3 +75,34 @@ def make_config(steps: int = 20, **solver) -> config_pb2.ExperimentOptions:
     setattr(options, key, value)
   config.train_dataset_options.batch_size = 4
   return config
+
+
+def run_experiment(model_dir, steps, mode='train', initial_checkpoint='', weights_seed=0,
+                   **run_kwargs):
+  """`train_lib.run_experiment` on the stand-ins; returns (model, results).
+
+  The evaluator reports `head_bias_sum`, which tells which weights it evaluated.
+  """
+  import orbit  # noqa: PLC0415
+  from kmax_tf.training import train_lib  # noqa: PLC0415
+  config = make_config(steps=steps)
+  config.model_options.initial_checkpoint = initial_checkpoint
+  config.evaluator_options.eval_steps = 1
+  holder = {}
+
+  def model_fn(_):
+    keras.utils.set_random_seed(weights_seed)
+    holder['model'] = TinyModel(synchronized_bn=False)
+    holder['model'](tf.zeros([1, CROP, CROP, 3]))
+    return holder['model']
+
+  class BiasEvaluator(orbit.AbstractEvaluator):
+    def evaluate(self, num_steps):
+      return {'head_bias_sum': float(tf.reduce_sum(holder['model'].head.bias))}
+
+  results = train_lib.run_experiment(
+      mode, config, str(model_dir), strategy=tf.distribute.OneDeviceStrategy('/cpu:0'),
+      model_fn=model_fn, loss_fn=lambda _config, _model: ToyLoss(),
+      dataset_fn=lambda options, is_training: make_dataset(options.batch_size),
+      evaluator_fn=lambda *args: BiasEvaluator(), **run_kwargs)
+  return holder['model'], results

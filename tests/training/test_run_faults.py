@@ -7,37 +7,15 @@ two runs of `run_experiment` on the tiny stand-ins.
 import pathlib
 
 import numpy as np
-import orbit
 import pytest
 import tensorflow as tf
 
-from kmax_tf.keras_setup import keras
 from kmax_tf.training import checkpointing
-from kmax_tf.training import train_lib
 from tests.training import standins
 
 
 def _run(model_dir, steps, mode='train', **kwargs):
-  config = standins.make_config(steps=steps)
-  config.evaluator_options.eval_steps = 1
-  holder = {}
-
-  def model_fn(_):
-    keras.utils.set_random_seed(0)
-    holder['model'] = standins.TinyModel(synchronized_bn=False)
-    holder['model'](tf.zeros([1, standins.CROP, standins.CROP, 3]))
-    return holder['model']
-
-  class BiasEvaluator(orbit.AbstractEvaluator):
-    def evaluate(self, num_steps):
-      return {'head_bias_sum': float(tf.reduce_sum(holder['model'].head.bias))}
-
-  results = train_lib.run_experiment(
-      mode, config, str(model_dir), strategy=tf.distribute.OneDeviceStrategy('/cpu:0'),
-      model_fn=model_fn, loss_fn=lambda _config, _model: standins.ToyLoss(),
-      dataset_fn=lambda options, is_training: standins.make_dataset(options.batch_size),
-      evaluator_fn=lambda *args: BiasEvaluator(), **kwargs)
-  return holder['model'], results
+  return standins.run_experiment(model_dir, steps, mode, **kwargs)
 
 
 def _files(folder):

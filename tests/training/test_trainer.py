@@ -10,7 +10,6 @@ import sys
 import time
 
 import numpy as np
-import orbit
 import pytest
 import tensorflow as tf
 
@@ -151,33 +150,6 @@ def test_mixed_precision_trains_a_few_steps(policy):
     assert 'loss_scale' not in logs
 
 
-def _standin_experiment(model_dir, steps, mode='train', initial_checkpoint='', weights_seed=0):
-  from kmax_tf.training import train_lib  # noqa: PLC0415
-  config = standins.make_config(steps=steps)
-  config.model_options.initial_checkpoint = initial_checkpoint
-  config.evaluator_options.eval_steps = 1
-  holder = {}
-
-  def model_fn(_):
-    keras.utils.set_random_seed(weights_seed)
-    holder['model'] = standins.TinyModel(synchronized_bn=False)
-    holder['model'](tf.zeros([1, standins.CROP, standins.CROP, 3]))
-    return holder['model']
-
-  class CountingEvaluator(orbit.AbstractEvaluator):
-    """Minimal orbit evaluator: reports the head bias sum (which weights were evaluated)."""
-
-    def evaluate(self, num_steps):
-      return {'head_bias_sum': float(tf.reduce_sum(holder['model'].head.bias))}
-
-  results = train_lib.run_experiment(
-      mode, config, str(model_dir), strategy=tf.distribute.OneDeviceStrategy('/cpu:0'),
-      model_fn=model_fn, loss_fn=lambda _config, _model: standins.ToyLoss(),
-      dataset_fn=lambda options, is_training: standins.make_dataset(options.batch_size),
-      evaluator_fn=lambda *args: CountingEvaluator())
-  return holder['model'], results
-
-
 def test_initial_checkpoint_only_when_model_dir_is_empty_and_eval_mode(tmp_path):
   # An "initial checkpoint" with a recognizable head bias.
   source = standins.TinyModel()
@@ -185,7 +157,7 @@ def test_initial_checkpoint_only_when_model_dir_is_empty_and_eval_mode(tmp_path)
   source.head.bias.assign([1.0, 2.0, 3.0])
   initial = tf.train.Checkpoint(**source.checkpoint_items).write(str(tmp_path / 'init' / 'ckpt'))
 
-  model, _ = _standin_experiment(tmp_path / 'run', 2, initial_checkpoint=initial)
+  model, _ = standins.run_experiment(tmp_path / 'run', 2, initial_checkpoint=initial)
   step0 = tf.train.load_checkpoint(str(tmp_path / 'run' / 'ckpt-0'))
   np.testing.assert_allclose(step0.get_tensor('head/bias/.ATTRIBUTES/VARIABLE_VALUE'),
                              [1.0, 2.0, 3.0])  # Step 0 is the initial checkpoint.
@@ -194,8 +166,8 @@ def test_initial_checkpoint_only_when_model_dir_is_empty_and_eval_mode(tmp_path)
   # A restart with a different initial checkpoint keeps the model_dir state.
   source.head.bias.assign([9.0, 9.0, 9.0])
   other = tf.train.Checkpoint(**source.checkpoint_items).write(str(tmp_path / 'other' / 'ckpt'))
-  model, _ = _standin_experiment(tmp_path / 'run', 2, initial_checkpoint=other)
+  model, _ = standins.run_experiment(tmp_path / 'run', 2, initial_checkpoint=other)
   np.testing.assert_allclose(model.head.bias.numpy(), trained_bias)
   # --mode=eval evaluates the newest checkpoint of model_dir.
-  model, results = _standin_experiment(tmp_path / 'run', 2, mode='eval', weights_seed=5)
+  model, results = standins.run_experiment(tmp_path / 'run', 2, mode='eval', weights_seed=5)
   assert results['head_bias_sum'] == pytest.approx(float(trained_bias.sum()), rel=1e-6)
