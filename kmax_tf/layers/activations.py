@@ -1,7 +1,18 @@
-"""Activation functions by DeepLab2 name ('relu', 'gelu', 'none', ...)."""
+"""Activation functions by DeepLab2 name ('relu', 'gelu', 'none', ...).
 
+Training memory: TensorFlow's exact GeLU, 0.5 * x * erfc(-x / sqrt(2)), keeps
+three full-size intermediates for its gradient. Inside `lean_gradients()` (the
+trainer's forward pass) 'gelu' keeps only its input and recomputes the rest in
+the backward pass: the same forward values, about 2 activations fewer per
+GeLU (the pixel decoder, heads and transformer decoder hold about 1 GB of them
+at crop 641). Outside it (inference, export) it is TensorFlow's plain op.
+"""
+
+import contextlib
 import functools
-from typing import Callable
+import math
+import threading
+from typing import Callable, Iterator
 
 import tensorflow as tf
 
@@ -22,10 +33,46 @@ def _hard_swish(x: tf.Tensor) -> tf.Tensor:
   return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
 
 
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# Per thread: tf.distribute runs each replica's step in a thread of its own.
+_LEAN = threading.local()
+
+
+@contextlib.contextmanager
+def lean_gradients() -> Iterator[None]:
+  """GeLUs traced inside keep only their input for the backward pass."""
+  previous = getattr(_LEAN, 'active', False)
+  _LEAN.active = True
+  try:
+    yield
+  finally:
+    _LEAN.active = previous
+
+
+@tf.custom_gradient
+def _gelu_keeping_input(x: tf.Tensor):
+  """Exact GeLU with TensorFlow's forward ops; the gradient needs only `x`."""
+  y = 0.5 * x * tf.math.erfc(-x * _SQRT_HALF)
+
+  def gradient(dy):
+    cdf = 0.5 * tf.math.erfc(-x * _SQRT_HALF)
+    pdf = tf.exp(-0.5 * tf.square(x)) * _INV_SQRT_2PI
+    return dy * (cdf + x * pdf)
+
+  return y, gradient
+
+
+def _gelu(x: tf.Tensor) -> tf.Tensor:
+  if getattr(_LEAN, 'active', False):
+    return _gelu_keeping_input(x)
+  return tf.nn.gelu(x, approximate=False)
+
+
 # GeLU is the exact erf form unless 'approximated_gelu' is asked for, as in DeepLab2.
 _ACTIVATIONS = {
     'relu': tf.nn.relu,
-    'gelu': functools.partial(tf.nn.gelu, approximate=False),
+    'gelu': _gelu,
     'approximated_gelu': functools.partial(tf.nn.gelu, approximate=True),
     'swish': tf.nn.silu,
     'silu': tf.nn.silu,

@@ -80,6 +80,49 @@ def soft_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor,
   return average_top_k(per_element * weights, top_k_percent)
 
 
+def self_similarity_cross_entropy(features: tf.Tensor, targets: tf.Tensor,
+                                  temperature: float) -> tf.Tensor:
+  """Softmax cross-entropy of feature self-similarities against target similarities.
+
+  The logits are features @ features^T / temperature; the labels are the
+  target self-similarities targets @ targets^T, each row divided by its sum
+  (at least 1). The [B, K, K] logits, labels and softmax are not kept for the
+  backward pass but recomputed from the [B, K, D] and [B, K, M] inputs (at
+  K = 4096 that is 192 MB less per call; the kMaX loss makes one call per
+  decoder output). The gradient is TensorFlow's: softmax(logits) - labels.
+
+  Args:
+    features: float32 [B, K, D], differentiable.
+    targets: float32 [B, K, M], e.g. one-hot mask ids; no gradient.
+    temperature: the logits' divisor.
+
+  Returns:
+    float32 [B, K], the cross-entropy of each row.
+  """
+  targets = tf.stop_gradient(targets)
+
+  def labels_and_logits(feature_values):
+    labels = tf.einsum('bkm,bjm->bkj', targets, targets)
+    labels /= tf.maximum(tf.reduce_sum(labels, axis=-1, keepdims=True), 1.0)
+    logits = tf.einsum('bkd,bjd->bkj', feature_values, feature_values)
+    return labels, logits / temperature
+
+  @tf.custom_gradient
+  def cross_entropy(feature_values):
+    labels, logits = labels_and_logits(feature_values)
+    per_row = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+    def gradient(d_per_row):
+      labels, logits = labels_and_logits(feature_values)
+      d_logits = d_per_row[..., tf.newaxis] * (tf.nn.softmax(logits) - labels) / temperature
+      return (tf.einsum('bkj,bjd->bkd', d_logits, feature_values) +
+              tf.einsum('bjk,bjd->bkd', d_logits, feature_values))
+
+    return per_row, gradient
+
+  return cross_entropy(features)
+
+
 def focal_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor,
                         alpha: float) -> tf.Tensor:
   """Alpha-balanced cross-entropy (focal loss with gamma = 0).

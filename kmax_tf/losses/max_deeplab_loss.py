@@ -361,14 +361,10 @@ class MaXDeepLabLoss:
                                     output_index)
     indices = tf.cast(indices, tf.int32)
     sampled_gt = tf.gather(gt.pixel_mask_id_one_hot, indices, batch_dims=1)
-    gt_similarity = tf.einsum('bkm,bjm->bkj', sampled_gt, sampled_gt)
-    gt_similarity /= tf.maximum(tf.reduce_sum(gt_similarity, axis=-1, keepdims=True), 1.0)
     sampled_feature = tf.gather(feature, indices, batch_dims=1)
-    pred_similarity = tf.einsum('bkd,bjd->bkj', sampled_feature, sampled_feature)
-    pred_similarity /= self._instance_temperature
-    return loss_functions.soft_cross_entropy(
-        gt_similarity, pred_similarity, tf.ones_like(gt_similarity[..., 0]),
-        self._instance_top_k)
+    per_pixel = loss_functions.self_similarity_cross_entropy(
+        sampled_feature, sampled_gt, self._instance_temperature)
+    return loss_functions.average_top_k(per_pixel, self._instance_top_k)
 
   def _mask_average_instance_discrimination(self, feature: tf.Tensor,
                                             gt: ground_truth.MaskGroundTruth) -> tf.Tensor:

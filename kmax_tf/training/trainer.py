@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from kmax_tf import common
 from kmax_tf.keras_setup import keras
+from kmax_tf.layers import activations
 from kmax_tf.training import optimizer as optimizer_lib
 
 # Loss names tracked when the loss function does not announce its own.
@@ -210,7 +211,7 @@ class Trainer(orbit.StandardTrainer):
   def _replica_step(self, inputs: Mapping[str, tf.Tensor]):
     replica = tf.distribute.get_replica_context()
     num_replicas = self._strategy.num_replicas_in_sync
-    with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape, activations.lean_gradients():
       outputs = self._model(inputs[common.IMAGE], training=True)
       outputs = tf.nest.map_structure(_to_float32, outputs)
       loss_dict = self._loss_fn(inputs, outputs)

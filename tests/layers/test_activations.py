@@ -1,5 +1,6 @@
 """Tests for kmax_tf/layers/activations.py."""
 
+import functools
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from kmax_tf.layers import activations
+from tests.helpers import backward_tensors
 
 
 def test_gelu_is_exact_erf_form():
@@ -30,3 +32,39 @@ def test_relu_and_identity_names():
 def test_unknown_activation_names_the_choices():
   with pytest.raises(ValueError, match='unknown activation'):
     activations.get_activation('not_an_activation')
+
+
+def _kept_like_input(fn, x):
+  return [t for t in backward_tensors.kept_for_gradient(lambda v: tf.reduce_sum(fn(v)), x)
+          if t.shape == x.shape]
+
+
+@pytest.mark.parametrize('dtype', [tf.float32, tf.float16])
+def test_lean_gelu_has_plain_values_and_gradient_and_keeps_only_its_input(dtype):
+  x = tf.constant(np.linspace(-5.0, 5.0, 101), dtype)
+  gelu = activations.get_activation('gelu')
+  plain = functools.partial(tf.nn.gelu, approximate=False)
+  with activations.lean_gradients():
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      lean_y = gelu(x)
+    lean_dx = tape.gradient(lean_y, x)
+    kept = _kept_like_input(gelu, x)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    plain_y = plain(x)
+  plain_dx = tape.gradient(plain_y, x)
+  np.testing.assert_array_equal(lean_y.numpy(), plain_y.numpy())
+  tolerance = 1e-6 if dtype == tf.float32 else 2e-3
+  np.testing.assert_allclose(lean_dx.numpy().astype(np.float32),
+                             plain_dx.numpy().astype(np.float32), atol=tolerance, rtol=tolerance)
+  # The plain op keeps three intermediates; the lean one only its input.
+  assert len(_kept_like_input(plain, x)) >= 3
+  assert [t.op.type for t in kept] == ['Placeholder']
+
+
+def test_gelu_outside_lean_gradients_is_the_plain_op():
+  graph = tf.function(activations.get_activation('gelu')).get_concrete_function(
+      tf.TensorSpec([4], tf.float32)).graph
+  types = {op.type for op in graph.get_operations()}
+  assert 'IdentityN' not in types and 'Erfc' in types

@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from kmax_tf.keras_setup import keras
+from kmax_tf.layers import activations
 from kmax_tf.layers import drop_path
 from kmax_tf.layers import fused_inference
 
@@ -89,7 +90,7 @@ class ConvNeXtBlock(keras.Model):
     self.depthwise_conv = _conv2d(dim, 7, padding='same', groups=dim)
     self.norm = _layer_norm()
     self.pointwise_conv1 = _dense(4 * dim)
-    self.act = keras.layers.Activation('gelu')  # tf_keras' gelu is the exact erf form.
+    self.act = keras.layers.Activation(activations.get_activation('gelu'))
     self.pointwise_conv2 = _dense(dim)
     if layer_scale_init_value > 0:
       # Checkpoint key `layer_scale`; the attribute name `gamma` is DeepLab2's.
@@ -157,7 +158,7 @@ class ConvNeXtEncoder(keras.Model):
       self.stages.append(keras.Sequential(blocks, name=f'convnext_stage_{i}'))
       first_block += depth
 
-    self._act = keras.layers.Activation('gelu')
+    self._act = keras.layers.Activation(activations.get_activation('gelu'))
 
   def call(self, inputs, training=None) -> Dict[str, tf.Tensor]:
     endpoints = {}
