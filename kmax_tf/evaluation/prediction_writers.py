@@ -21,6 +21,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from kmax_tf import file_io
@@ -107,7 +108,7 @@ class PanopticSubmissionWriter:
     self.overwrite = overwrite
     self._annotations: List[Dict[str, Any]] = []
     self._image_ids = set()
-    if not overwrite and os.path.exists(self.json_path):
+    if not overwrite and tf.io.gfile.exists(self.json_path):
       raise FileExistsError(f'{self.json_path} already exists; refusing to overwrite it.')
 
   def _image_id(self, stem: str):
