@@ -57,44 +57,30 @@ FLAGS = flags.FLAGS
 
 def expand_image_paths(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
   """(sorted unique files, patterns that matched nothing) of files/dirs/globs."""
+  import tensorflow as tf
+  from kmax_tf import file_io
   from kmax_tf.export import image_io
   files, unmatched = [], []
   for pattern in patterns:
     for item in (part.strip() for part in pattern.split(',')):
       if not item:
         continue
-      if os.path.isdir(item):
-        found = [os.path.join(item, name) for name in sorted(os.listdir(item))
+      if tf.io.gfile.isdir(item):
+        found = [os.path.join(item, name) for name in sorted(tf.io.gfile.listdir(item))
                  if name.lower().endswith(image_io.IMAGE_EXTENSIONS)]
       elif glob.has_magic(item):
-        found = [path for path in sorted(glob.glob(item)) if os.path.isfile(path)]
+        found = [path for path in sorted(tf.io.gfile.glob(item))
+                 if not tf.io.gfile.isdir(path)]
       else:
         found = [item]  # A missing file is reported when it is read.
       if not found:
         unmatched.append(item)
       files.extend(found)
-  unique = list(dict.fromkeys(os.path.normpath(path) for path in files))
+  unique = list(dict.fromkeys(path if file_io.is_remote(path) else os.path.normpath(path)
+                              for path in files))
   return unique, unmatched
 
 
-def _progress(items, total: int):
-  try:
-    import tqdm  # Optional: a plain counter without it.
-    return tqdm.tqdm(items, total=total, unit='image', file=sys.stderr)
-  except ImportError:
-    def plain():
-      for index, item in enumerate(items):
-        print(f'[{index + 1}/{total}]', file=sys.stderr)
-        yield item
-    return plain()
-
-
-def _report(message: str) -> None:
-  try:
-    import tqdm
-    tqdm.tqdm.write(message, file=sys.stderr)
-  except ImportError:
-    print(message, file=sys.stderr)
 
 
 class ResultWriter:
@@ -127,7 +113,8 @@ class ResultWriter:
     for info, segment in zip(annotation['segments_info'], prediction.segments):
       info.update(category_name=segment.category_name, score=segment.score,
                   panoptic_label=segment.id)
-    record = dict(annotation, source_image=os.path.abspath(image_path),
+    source = image_path if file_io.is_remote(image_path) else os.path.abspath(image_path)
+    record = dict(annotation, source_image=source,
                   height=int(prediction.panoptic.shape[0]),
                   width=int(prediction.panoptic.shape[1]), categories=self._coco.categories())
     file_io.write_text_atomic(os.path.join(self._output_dir, 'segments', stem + '.json'),
@@ -178,8 +165,10 @@ def run(image_paths: Sequence[str], predictor, output_dir: str, overlay_alpha: f
         overwrite: bool) -> Tuple[int, List[Tuple[str, str]]]:
   """Predicts and writes every image; returns (number written, [(path, error)])."""
   writer = ResultWriter(output_dir, predictor.metadata, overlay_alpha, overwrite)
+  from kmax_tf import progress
   failures, written = [], 0
-  for path in _progress(image_paths, len(image_paths)):
+  bar = progress.ProgressBar(len(image_paths), 'predict', unit='image')
+  for path in bar.iterate(image_paths):
     try:
       writer.add(path, predictor(path))
       written += 1
@@ -191,7 +180,7 @@ def run(image_paths: Sequence[str], predictor, output_dir: str, overlay_alpha: f
       if isinstance(error, FileExistsError):
         message += ' Pass --overwrite to replace the outputs.'
       failures.append((path, message))
-      _report(f'Skipped {message}')
+      bar.write(f'Skipped {message}')
   if written:
     writer.finish()
   return written, failures

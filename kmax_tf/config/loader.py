@@ -72,6 +72,16 @@ def parse_config_text(text: str, source: str = '<string>',
   return config
 
 
+def _read_remote(path: str) -> str:
+  """A config on gs://, ram://, ... (TensorFlow is imported only for such paths)."""
+  import tensorflow as tf  # noqa: PLC0415
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return f.read()
+  except tf.errors.OpError as error:
+    raise ConfigError(f'Cannot read config file {path}: {error.message}') from None
+
+
 def load_config(path, substitutions: Optional[Mapping[str, str]] = None,
                 overrides: Sequence[str] = ()) -> ExperimentOptions:
   """Reads a DeepLab2-schema textproto config.
@@ -93,11 +103,14 @@ def load_config(path, substitutions: Optional[Mapping[str, str]] = None,
     ConfigError: unreadable file, a parse error (with file, line and column),
       a bad override or an invalid value.
   """
-  path = pathlib.Path(path)
-  try:
-    text = path.read_text(encoding='utf-8')
-  except OSError as error:
-    raise ConfigError(f'Cannot read config file {path}: {error.strerror or error}') from None
+  path = os.fspath(path)
+  if '://' in path and not path.startswith('file://'):
+    text = _read_remote(path)
+  else:
+    try:
+      text = pathlib.Path(path).read_text(encoding='utf-8')
+    except OSError as error:
+      raise ConfigError(f'Cannot read config file {path}: {error.strerror or error}') from None
   config = parse_config_text(text, source=str(path), substitutions=substitutions,
                              overrides=overrides)
   # Imported here: validation looks up the backbone registry of the model.

@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+import tensorflow as tf
+
 from kmax_tf.data import converter_utils
 from kmax_tf.data import dataset_descriptors
 
@@ -40,9 +42,9 @@ def convert_split(ade20k_root: str, split: str, output_dir: str, label_format: s
                   **write_kwargs) -> converter_utils.SplitSummary:
   """Converts one ADE20K split; `write_kwargs` go to `converter_utils.write_split`."""
   image_dir = os.path.join(ade20k_root, 'images', _IMAGE_FOLDERS[split])
-  if not os.path.isdir(image_dir):
+  if not tf.io.gfile.isdir(image_dir):
     raise converter_utils.ConversionError(f'ADE20K image folder not found: {image_dir}')
-  image_paths = sorted(glob.glob(os.path.join(glob.escape(image_dir), '*.jpg')))
+  image_paths = sorted(tf.io.gfile.glob(os.path.join(glob.escape(image_dir), '*.jpg')))
   images = [(path, os.path.splitext(os.path.basename(path))[0]) for path in image_paths]
   json_path = os.path.join(ade20k_root, f'ade20k_panoptic_{split}.json')
   annotations = converter_utils.annotations_by_key(
@@ -63,15 +65,17 @@ def main(argv: Optional[Sequence[str]] = None):
   converter_utils.add_common_flags(parser, _SPLITS)
   args = parser.parse_args(argv)
   splits = converter_utils.parse_splits(args.splits, _SPLITS)
-  if not os.path.isdir(args.ade20k_root):
+  if not tf.io.gfile.isdir(args.ade20k_root):
     raise converter_utils.ConversionError(f'--ade20k_root is not a folder: {args.ade20k_root}')
-  summaries = [
-      convert_split(args.ade20k_root, split, args.output_dir, args.label_format,
-                    args.treat_crowd_as_ignore, skip_missing=args.skip_missing,
-                    num_shards=args.num_shards, num_workers=args.num_workers,
-                    target_shard_mb=args.target_shard_mb, overwrite=args.overwrite,
-                    progress=args.progress)
-      for split in splits]
+  with converter_utils.OutputRun(args.output_dir, splits, args.overwrite) as run:
+    summaries = [
+        convert_split(args.ade20k_root, split, args.output_dir, args.label_format,
+                      args.treat_crowd_as_ignore, skip_missing=args.skip_missing,
+                      num_shards=args.num_shards, num_workers=args.num_workers,
+                      target_shard_mb=args.target_shard_mb, skip_corrupt=args.skip_corrupt,
+                      progress=args.progress, run=run)
+        for split in splits]
+    run.commit()
   converter_utils.print_summary(summaries, args.output_dir)
   return summaries
 

@@ -23,6 +23,8 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+import tensorflow as tf
+
 from kmax_tf.data import converter_utils
 from kmax_tf.data import dataset_descriptors
 
@@ -46,7 +48,7 @@ def list_images(cityscapes_root: str, split: str) -> List[Tuple[str, str]]:
   pattern = os.path.join(glob.escape(cityscapes_root), 'leftImg8bit', split, '*',
                          f'*{_IMAGE_SUFFIX}')
   return [(path, os.path.basename(path)[:-len(_IMAGE_SUFFIX)])
-          for path in sorted(glob.glob(pattern))]
+          for path in sorted(tf.io.gfile.glob(pattern))]
 
 
 def convert_split(cityscapes_root: str, split: str, output_dir: str, label_format: str = 'raw',
@@ -54,7 +56,7 @@ def convert_split(cityscapes_root: str, split: str, output_dir: str, label_forma
                   **write_kwargs) -> converter_utils.SplitSummary:
   """Converts one Cityscapes split; `write_kwargs` go to `converter_utils.write_split`."""
   image_dir = os.path.join(cityscapes_root, 'leftImg8bit', split)
-  if not os.path.isdir(image_dir):
+  if not tf.io.gfile.isdir(image_dir):
     raise converter_utils.ConversionError(f'Cityscapes image folder not found: {image_dir}')
   images = list_images(cityscapes_root, split)
   if not images:
@@ -88,20 +90,23 @@ def main(argv: Optional[Sequence[str]] = None):
   splits = converter_utils.parse_splits(args.splits, _SPLITS)
   given_argv = sys.argv[1:] if argv is None else argv
   splits_given = any(a.startswith('--splits') for a in given_argv)
-  if not os.path.isdir(args.cityscapes_root):
+  if not tf.io.gfile.isdir(args.cityscapes_root):
     raise converter_utils.ConversionError(
         f'--cityscapes_root is not a folder: {args.cityscapes_root}')
+  test_dir = os.path.join(args.cityscapes_root, 'leftImg8bit', 'test')
+  if 'test' in splits and not tf.io.gfile.isdir(test_dir) and not splits_given:
+    sys.stderr.write(f'note: {test_dir} not found; the test split is not converted\n')
+    splits.remove('test')
   summaries = []
-  for split in splits:
-    test_dir = os.path.join(args.cityscapes_root, 'leftImg8bit', 'test')
-    if split == 'test' and not os.path.isdir(test_dir) and not splits_given:
-      sys.stderr.write(f'note: {test_dir} not found; the test split is not converted\n')
-      continue
-    summaries.append(convert_split(
-        args.cityscapes_root, split, args.output_dir, args.label_format,
-        args.treat_crowd_as_ignore, skip_missing=args.skip_missing, num_shards=args.num_shards,
-        num_workers=args.num_workers, target_shard_mb=args.target_shard_mb,
-        overwrite=args.overwrite, progress=args.progress))
+  with converter_utils.OutputRun(args.output_dir, splits, args.overwrite) as run:
+    for split in splits:
+      summaries.append(convert_split(
+          args.cityscapes_root, split, args.output_dir, args.label_format,
+          args.treat_crowd_as_ignore, skip_missing=args.skip_missing,
+          num_shards=args.num_shards, num_workers=args.num_workers,
+          target_shard_mb=args.target_shard_mb, skip_corrupt=args.skip_corrupt,
+          progress=args.progress, run=run))
+    run.commit()
   converter_utils.print_summary(summaries, args.output_dir)
   return summaries
 

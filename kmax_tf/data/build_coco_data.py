@@ -21,6 +21,8 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+import tensorflow as tf
+
 from kmax_tf.data import converter_utils
 from kmax_tf.data import dataset_descriptors
 
@@ -37,7 +39,7 @@ def coco_label_spec(treat_crowd_as_ignore: bool = True) -> converter_utils.Panop
 def list_images(image_dir: str, extensions: Sequence[str] = ('jpg',)) -> List[str]:
   paths = []
   for extension in extensions:
-    paths += glob.glob(os.path.join(glob.escape(image_dir), f'*.{extension}'))
+    paths += tf.io.gfile.glob(os.path.join(glob.escape(image_dir), f'*.{extension}'))
   return sorted(paths)
 
 
@@ -45,7 +47,7 @@ def convert_split(coco_root: str, split: str, output_dir: str, label_format: str
                   treat_crowd_as_ignore: bool = True, **write_kwargs):
   """Converts one COCO split; `write_kwargs` go to `converter_utils.write_split`."""
   image_dir = os.path.join(coco_root, f'{split}2017')
-  if not os.path.isdir(image_dir):
+  if not tf.io.gfile.isdir(image_dir):
     raise converter_utils.ConversionError(f'COCO image folder not found: {image_dir}')
   annotations = None
   panoptic_dir = ''
@@ -73,19 +75,21 @@ def main(argv: Optional[Sequence[str]] = None):
   splits = converter_utils.parse_splits(args.splits, _SPLITS)
   given_argv = sys.argv[1:] if argv is None else argv
   args.splits_given = any(a.startswith('--splits') for a in given_argv)
-  if not os.path.isdir(args.coco_root):
+  if not tf.io.gfile.isdir(args.coco_root):
     raise converter_utils.ConversionError(f'--coco_root is not a folder: {args.coco_root}')
+  test_dir = os.path.join(args.coco_root, 'test2017')
+  if 'test' in splits and not tf.io.gfile.isdir(test_dir) and not args.splits_given:
+    sys.stderr.write(f'note: {test_dir} not found; the test split is not converted\n')
+    splits.remove('test')
   summaries = []
-  for split in splits:
-    test_dir = os.path.join(args.coco_root, 'test2017')
-    if split == 'test' and not os.path.isdir(test_dir) and not args.splits_given:
-      sys.stderr.write(f'note: {test_dir} not found; the test split is not converted\n')
-      continue
-    summaries.append(convert_split(
-        args.coco_root, split, args.output_dir, args.label_format, args.treat_crowd_as_ignore,
-        num_shards=args.num_shards, num_workers=args.num_workers,
-        target_shard_mb=args.target_shard_mb, overwrite=args.overwrite,
-        skip_missing=args.skip_missing, progress=args.progress))
+  with converter_utils.OutputRun(args.output_dir, splits, args.overwrite) as run:
+    for split in splits:
+      summaries.append(convert_split(
+          args.coco_root, split, args.output_dir, args.label_format, args.treat_crowd_as_ignore,
+          num_shards=args.num_shards, num_workers=args.num_workers,
+          target_shard_mb=args.target_shard_mb, skip_missing=args.skip_missing,
+          skip_corrupt=args.skip_corrupt, progress=args.progress, run=run))
+    run.commit()
   converter_utils.print_summary(summaries, args.output_dir)
   return summaries
 

@@ -24,6 +24,7 @@ import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from kmax_tf import file_io
 from kmax_tf.data import converter_utils
@@ -77,8 +78,8 @@ def categories_to_descriptor(categories: Sequence[Mapping[str, Any]], name: str,
 
 def merge_descriptor(path: str, new: Dict[str, Any], split: str, size: int) -> Dict[str, Any]:
   """Adds `split` to an existing descriptor file's sizes, or starts from `new`."""
-  if os.path.exists(path):
-    with open(path) as f:
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
       existing = json.load(f)
     different = [k for k in _CLASS_FIELDS if existing.get(k) != new.get(k)]
     if different:
@@ -107,9 +108,9 @@ def convert(image_dir: str, panoptic_json: str, panoptic_dir: Optional[str], spl
     raise converter_utils.ConversionError(f'{panoptic_json} has no "images" list')
   if panoptic_dir is None:
     panoptic_dir = os.path.splitext(panoptic_json)[0]
-  if not os.path.isdir(image_dir):
+  if not tf.io.gfile.isdir(image_dir):
     raise converter_utils.ConversionError(f'--image_dir is not a folder: {image_dir}')
-  if not os.path.isdir(panoptic_dir):
+  if not tf.io.gfile.isdir(panoptic_dir):
     raise converter_utils.ConversionError(f'panoptic PNG folder not found: {panoptic_dir}')
   descriptor = categories_to_descriptor(data.get('categories', []), dataset_name, label_divisor,
                                         panoptic_json, **dict(kmax_options or {}))
@@ -130,7 +131,7 @@ def convert(image_dir: str, panoptic_json: str, panoptic_dir: Optional[str], spl
       raise converter_utils.ConversionError(
           f'{panoptic_json}: image {info["file_name"]} is not a JPEG or PNG')
     image_path = os.path.join(image_dir, info['file_name'])
-    if not os.path.isfile(image_path):
+    if not converter_utils.is_file(image_path):
       if skip_missing:
         missing_images.append(image_path)
         annotations.pop(info['id'], None)
@@ -148,10 +149,14 @@ def convert(image_dir: str, panoptic_json: str, panoptic_dir: Optional[str], spl
   jobs = [(path, os.path.splitext(os.path.basename(path))[0], png, segments, image_formats[key])
           for (path, key, png, segments) in jobs]
   make_example = functools.partial(_example, spec=spec, label_format=label_format)
-  summary = converter_utils.write_split(split, jobs, make_example, output_dir, skipped=skipped,
-                                        **write_kwargs)
   descriptor_path = descriptor_path or os.path.join(output_dir, f'{dataset_name}.json')
-  merged = merge_descriptor(descriptor_path, descriptor, split, summary.num_examples)
+  merge_descriptor(descriptor_path, descriptor, split, 0)  # A mismatch fails before any work.
+  overwrite = write_kwargs.pop('overwrite', False)
+  with converter_utils.OutputRun(output_dir, [split], overwrite) as run:
+    summary = converter_utils.write_split(split, jobs, make_example, output_dir,
+                                          skipped=skipped, run=run, **write_kwargs)
+    merged = merge_descriptor(descriptor_path, descriptor, split, summary.num_examples)
+    run.commit()
   file_io.write_text_atomic(descriptor_path, json.dumps(merged, indent=1) + '\n', overwrite=True)
   return summary, descriptor_path
 
@@ -192,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None):
       args.dataset_name, args.descriptor_path, args.label_divisor, args.label_format,
       args.treat_crowd_as_ignore, args.skip_missing, kmax_options, num_shards=args.num_shards,
       num_workers=args.num_workers, target_shard_mb=args.target_shard_mb,
-      overwrite=args.overwrite, progress=args.progress)
+      overwrite=args.overwrite, skip_corrupt=args.skip_corrupt, progress=args.progress)
   converter_utils.print_summary([summary], args.output_dir)
   sys.stderr.write(f'Descriptor: {descriptor_path}\n')
   return summary, descriptor_path

@@ -7,8 +7,12 @@ holds what they share:
 * turning a COCO-panoptic segment-id map plus its `segments_info` into a DeepLab2 panoptic label
   (`semantic * label_divisor + instance`, contiguous class ids, crowd handling as DeepLab2);
 * building the `tf.train.Example` (image bytes passed through unchanged when already RGB);
-* writing a split: a thread pool over images, a plain stderr progress bar, a shard count sized for
-  the data, atomic shard writes and a summary of what was written and skipped;
+* writing a split: a thread pool over images, the stderr progress bar of `kmax_tf.progress`, a
+  shard count sized for the data and a summary of what was written and skipped;
+* atomic runs (`OutputRun`): every file of a run is staged in a hidden folder of the output
+  folder and moved into place only when all splits succeeded, so a failed run leaves nothing
+  behind and the same command can be rerun. All reads and writes go through `tf.io.gfile`
+  (gs://, ram://);
 * the command-line flags every converter shares.
 """
 
@@ -16,6 +20,7 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import glob
 import io
 import json
@@ -23,12 +28,14 @@ import math
 import os
 import sys
 import time
+import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kmax_tf import progress as progress_lib
 from kmax_tf.data import label_codec
 from kmax_tf.data import tfrecord_decoder
 
@@ -42,6 +49,24 @@ _SHARD_PATTERN = '%s-%05d-of-%05d.tfrecord'
 
 class ConversionError(ValueError):
   """Bad converter input; the message names the offending file or field."""
+
+
+class CorruptInputError(ConversionError):
+  """An image or annotation PNG that cannot be decoded; `path` names it."""
+
+  def __init__(self, message: str, path: str):
+    super().__init__(message)
+    self.path = path
+
+
+def is_file(path: str) -> bool:
+  """`os.path.isfile` through tf.io.gfile (gs://, ram://)."""
+  return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def read_bytes(path: str) -> bytes:
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return f.read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,16 +125,16 @@ def read_segment_id_png(path: str) -> np.ndarray:
   Returns:
     segment ids: int32 [H, W].
   """
-  if not os.path.isfile(path):
+  if not is_file(path):
     raise ConversionError(f'panoptic annotation PNG not found: {path}')
   try:
-    with Image.open(path) as png:
+    with Image.open(io.BytesIO(read_bytes(path))) as png:
       if png.mode != 'RGB':
         raise ConversionError(
             f'panoptic annotation {path} must be an RGB PNG, got mode {png.mode!r}')
       rgb = np.asarray(png)
   except (OSError, SyntaxError) as e:
-    raise ConversionError(f'cannot read panoptic annotation PNG {path}: {e}') from e
+    raise CorruptInputError(f'cannot read panoptic annotation PNG {path}: {e}', path) from e
   return label_codec.rgb_to_ids(rgb)
 
 
@@ -212,10 +237,9 @@ def encode_panoptic_label(panoptic: np.ndarray, label_format: str, label_divisor
 
 
 def read_image_file(path: str) -> bytes:
-  if not os.path.isfile(path):
+  if not is_file(path):
     raise ConversionError(f'image not found: {path}')
-  with open(path, 'rb') as f:
-    return f.read()
+  return read_bytes(path)
 
 
 def image_size_and_rgb_bytes(image_bytes: bytes, image_format: str,
@@ -235,7 +259,7 @@ def image_size_and_rgb_bytes(image_bytes: bytes, image_format: str,
                                   else 'PNG')
         image_bytes = buffer.getvalue()
   except (OSError, SyntaxError) as e:
-    raise ConversionError(f'cannot decode image {source}: {e}') from e
+    raise CorruptInputError(f'cannot decode image {source}: {e}', source) from e
   return height, width, image_bytes
 
 
@@ -308,12 +332,11 @@ def panoptic_example(image_path: str, image_format: str, filename: str,
 
 
 def load_panoptic_json(json_path: str) -> Dict[str, Any]:
-  if not os.path.isfile(json_path):
+  if not is_file(json_path):
     raise ConversionError(f'panoptic annotation JSON not found: {json_path}')
   try:
-    with open(json_path) as f:
-      data = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    data = json.loads(read_bytes(json_path))
+  except (OSError, tf.errors.OpError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ConversionError(f'cannot read panoptic annotation JSON {json_path}: {e}') from e
   if not isinstance(data, dict) or 'annotations' not in data:
     raise ConversionError(f'{json_path} has no "annotations" list (not COCO-panoptic format)')
@@ -380,7 +403,7 @@ def pair_images_with_annotations(
           f'image {image_path} has no annotation in the panoptic JSON (use --skip_missing to skip)')
     png_name, segments = annotations[key]
     png_path = os.path.join(panoptic_dir, png_name)
-    if not os.path.isfile(png_path):
+    if not is_file(png_path):
       if skip_missing:
         skipped.setdefault('annotation PNG missing', []).append(png_path)
         continue
@@ -406,52 +429,6 @@ def example_from_job(job, spec: PanopticLabelSpec, label_format: str, image_form
 
 # ---------------------------------------------------------------------------------------------
 # Writing splits.
-
-
-class ProgressBar:
-  """A dependency-free progress bar on stderr (redraws in place on a terminal)."""
-
-  def __init__(self, total: int, description: str, stream=None, enabled: bool = True):
-    self._total = max(total, 0)
-    self._description = description
-    self._stream = stream if stream is not None else sys.stderr
-    self._enabled = enabled
-    self._count = 0
-    self._start = time.monotonic()
-    self._last_draw = -1.0
-    self._last_fraction_reported = -1
-    self._is_tty = hasattr(self._stream, 'isatty') and self._stream.isatty()
-
-  def update(self, count: int = 1):
-    self._count += count
-    now = time.monotonic()
-    if self._is_tty:
-      if now - self._last_draw >= 0.2 or self._count >= self._total:
-        self._last_draw = now
-        self._draw(end='\r')
-    else:
-      # Logs get a line every 10 %.
-      decile = int(10 * self._count / self._total) if self._total else 10
-      if decile != self._last_fraction_reported:
-        self._last_fraction_reported = decile
-        self._draw(end='\n')
-
-  def _draw(self, end: str):
-    if not self._enabled:
-      return
-    elapsed = time.monotonic() - self._start
-    rate = self._count / elapsed if elapsed > 0 else 0.0
-    fraction = self._count / self._total if self._total else 1.0
-    width = 30
-    filled = int(round(width * fraction))
-    bar = '#' * filled + '.' * (width - filled)
-    self._stream.write(f'{self._description} [{bar}] {self._count}/{self._total} '
-                       f'({100 * fraction:5.1f}%) {rate:6.1f} img/s{end}')
-    self._stream.flush()
-
-  def close(self):
-    if self._enabled and self._is_tty:
-      self._draw(end='\n')
 
 
 @dataclasses.dataclass
@@ -484,8 +461,8 @@ def shard_path(output_dir: str, split: str, index: int, num_shards: int) -> str:
 
 
 def existing_shards(output_dir: str, split: str) -> List[str]:
-  return sorted(glob.glob(os.path.join(glob.escape(output_dir),
-                                       f'{glob.escape(split)}-?????-of-?????.tfrecord')))
+  return sorted(tf.io.gfile.glob(os.path.join(glob.escape(output_dir),
+                                              f'{glob.escape(split)}-?????-of-?????.tfrecord')))
 
 
 def choose_num_shards(num_examples: int, bytes_per_example: float,
@@ -503,88 +480,214 @@ def _shard_bounds(num_examples: int, num_shards: int) -> List[Tuple[int, int]]:
           for i in range(num_shards)]
 
 
+class OutputRun:
+  """Makes one converter run atomic: all or nothing lands in `output_dir`.
+
+  Files are written to a hidden staging folder `<output_dir>/.kmax_staging_<id>/`
+  and moved into place (`tf.io.gfile.rename`) by `commit()`, after every split
+  succeeded. A run that fails leaves `output_dir` as it was: the staging folder
+  is deleted, and so are the folders the run created, so the same command can
+  simply be rerun. Existing shards of the splits to convert are an error before
+  any work, unless `overwrite`; then they are replaced (stale ones deleted) at
+  commit.
+
+  Example:
+    with OutputRun(output_dir, ['train', 'val'], overwrite=False) as run:
+      write_split('train', ..., output_dir, run=run)
+      write_split('val', ..., output_dir, run=run)
+      run.commit()
+  """
+
+  def __init__(self, output_dir: str, splits: Sequence[str], overwrite: bool = False,
+               files: Sequence[str] = ()):
+    """Args.
+
+    Args:
+      output_dir: the folder the run publishes to.
+      splits: the splits whose shards the run writes.
+      overwrite: replace existing shards and files.
+      files: other files (relative to `output_dir`) the run writes; existing
+        ones are an error unless `overwrite`.
+    """
+    self.output_dir = output_dir
+    self._splits = list(splits)
+    self._overwrite = overwrite
+    self._files = list(files)
+    self._created_folders: List[str] = []
+    self.staging_dir = ''
+    self._staged: List[Tuple[str, str]] = []  # (staged path, final path)
+    self._committed = False
+
+  def __enter__(self) -> 'OutputRun':
+    if not self._overwrite:
+      for split in self._splits:
+        previous = existing_shards(self.output_dir, split)
+        if previous:
+          raise ConversionError(
+              f'{self.output_dir} already has {len(previous)} shard(s) of split {split!r} '
+              f'(e.g. {os.path.basename(previous[0])}); pass --overwrite to replace')
+      for name in self._files:
+        path = os.path.join(self.output_dir, name)
+        if tf.io.gfile.exists(path):
+          raise ConversionError(f'{path} already exists; pass --overwrite to replace it')
+    # The folders this run creates (deepest first), removed again if it fails.
+    scheme_end = self.output_dir.find('://') + 3 if '://' in self.output_dir else 0
+    folder = self.output_dir.rstrip('/')
+    while len(folder) > scheme_end and not tf.io.gfile.exists(folder):
+      self._created_folders.append(folder)
+      folder = os.path.dirname(folder)
+    self.staging_dir = os.path.join(self.output_dir, f'.kmax_staging_{uuid.uuid4().hex[:12]}')
+    tf.io.gfile.makedirs(self.staging_dir)
+    return self
+
+  def stage(self, relative_path: str) -> str:
+    """A staging path for `relative_path`; `commit()` moves it to `output_dir/relative_path`."""
+    # A unique name: worker threads stage files concurrently.
+    staged = os.path.join(self.staging_dir, uuid.uuid4().hex)
+    self._staged.append((staged, os.path.join(self.output_dir, relative_path)))
+    return staged
+
+  def set_destination(self, staged_path: str, relative_path: str):
+    """Changes where a staged file goes (shards are named once their count is known)."""
+    final = os.path.join(self.output_dir, relative_path)
+    self._staged = [(s, final if s == staged_path else f) for s, f in self._staged]
+
+  def unstage(self, staged_path: str):
+    """Drops a staged file (e.g. an empty shard)."""
+    self._staged = [(s, f) for s, f in self._staged if s != staged_path]
+    if tf.io.gfile.exists(staged_path):
+      tf.io.gfile.remove(staged_path)
+
+  def write_file(self, relative_path: str, data: bytes):
+    with tf.io.gfile.GFile(self.stage(relative_path), 'wb') as f:
+      f.write(data)
+
+  def commit(self):
+    """Moves every staged file into place and deletes stale shards of the converted splits."""
+    finals = {final for _, final in self._staged}
+    stale = [path for split in self._splits for path in existing_shards(self.output_dir, split)
+             if path not in finals]
+    for staged, final in self._staged:
+      tf.io.gfile.makedirs(os.path.dirname(final))
+      tf.io.gfile.rename(staged, final, overwrite=self._overwrite)
+    for path in stale:
+      tf.io.gfile.remove(path)
+    self._committed = True
+
+  def __exit__(self, exc_type, exc, traceback):
+    if self.staging_dir and tf.io.gfile.exists(self.staging_dir):
+      tf.io.gfile.rmtree(self.staging_dir)
+    if not self._committed:
+      for folder in self._created_folders:  # Deepest first.
+        if tf.io.gfile.isdir(folder) and not tf.io.gfile.listdir(folder):
+          tf.io.gfile.rmtree(folder)
+    return False
+
+
+def _make_or_skip(make_example, skip_corrupt: bool, job):
+  """make_example(job), or (None, reason) for a corrupt input when `skip_corrupt`."""
+  try:
+    return make_example(job)
+  except CorruptInputError as error:
+    if not skip_corrupt:
+      raise ConversionError(f'{error} (use --skip_corrupt to skip it)') from error
+    return None, error.path
+
+
 def write_split(split: str, jobs: Sequence[Any],
                 make_example: Callable[[Any], Tuple[bytes, Mapping[str, int]]],
                 output_dir: str, num_shards: Optional[int] = None, num_workers: int = 1,
                 target_shard_mb: float = DEFAULT_TARGET_SHARD_MB, overwrite: bool = False,
                 skipped: Optional[Mapping[str, List[str]]] = None,
-                progress: bool = True) -> SplitSummary:
+                progress: bool = True, skip_corrupt: bool = False,
+                run: Optional[OutputRun] = None) -> SplitSummary:
   """Serializes `jobs` with `make_example` in parallel and writes the shards of one split.
 
-  Records keep the order of `jobs`; shard i holds a contiguous slice. Each shard is written to a
-  temporary file and renamed into place, so readers never see a partial shard. Existing shards of
-  the split are an error unless `overwrite`; then they are replaced (stale ones deleted) only
-  after the new shards are complete.
+  Records keep the order of `jobs`; shard i holds a contiguous slice. Shards are
+  staged in `run` (see `OutputRun`) and published only when the run commits; without
+  a `run`, the split is a run of its own. Existing shards of the split are an
+  error unless `overwrite`.
 
   Args:
     split: split name used in shard names.
     jobs: one item per image, passed to `make_example`.
-    make_example: job -> (serialized tf.train.Example, counts dict). Runs in worker threads.
+    make_example: job -> (serialized tf.train.Example, counts dict). Runs in
+      worker threads; raises `CorruptInputError` for an undecodable file.
     output_dir: created if missing.
     num_shards: shard count; by default sized to ~`target_shard_mb` per shard.
     num_workers: worker threads.
     target_shard_mb: target shard size in MiB for the default shard count.
-    overwrite: replace existing shards of this split.
+    overwrite: replace existing shards of this split (only without `run`;
+      a run has its own).
     skipped: reason -> names skipped on request, reported in the summary.
     progress: draw a progress bar on stderr.
+    skip_corrupt: skip (and report) undecodable images and annotation PNGs;
+      otherwise the first one ends the run, naming the file.
+    run: the converter run the split belongs to.
 
   Returns:
-    SplitSummary.
+    SplitSummary (its shard paths are the published names).
   """
+  if run is None:
+    with OutputRun(output_dir, [split], overwrite) as own_run:
+      summary = write_split(split, jobs, make_example, output_dir, num_shards, num_workers,
+                            target_shard_mb, skipped=skipped, progress=progress,
+                            skip_corrupt=skip_corrupt, run=own_run)
+      own_run.commit()
+    return summary
   start_time = time.monotonic()
-  os.makedirs(output_dir, exist_ok=True)
-  previous = existing_shards(output_dir, split)
-  if previous and not overwrite:
-    raise ConversionError(f'{output_dir} already has {len(previous)} shard(s) of split {split!r} '
-                          f'(e.g. {os.path.basename(previous[0])}); pass --overwrite to replace')
   if num_shards is not None and num_shards < 1:
     raise ConversionError(f'--num_shards must be >= 1, got {num_shards}')
 
   summary = SplitSummary(split=split, skipped={k: list(v) for k, v in (skipped or {}).items()})
+  corrupt = []
   counts = collections.Counter()
   jobs = list(jobs)
-  first_result = None
+  make = functools.partial(_make_or_skip, make_example, skip_corrupt)
+  first_results = []
   if num_shards is None:
-    if jobs:
-      first_result = make_example(jobs[0])
-      num_shards = choose_num_shards(len(jobs), len(first_result[0]) + 16,
-                                     target_shard_mb * 2**20)
-    else:
-      num_shards = 1
-  bar = ProgressBar(len(jobs), f'{split}', enabled=progress)
-  written_paths, temp_paths = [], []
+    # Size the shards from the first example that can be read.
+    for job in jobs:
+      first_results.append(make(job))
+      if first_results[-1][0] is not None:
+        break
+    first_size = next((len(r[0]) for r in first_results if r[0] is not None), 0)
+    num_shards = choose_num_shards(len(jobs), first_size + 16, target_shard_mb * 2**20)
+  bar = progress_lib.ProgressBar(len(jobs), f'{split}', enabled=progress)
+  shards = []  # (staged path, number of examples, bytes)
   try:
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-      for shard_index, (begin, end) in enumerate(_shard_bounds(len(jobs), num_shards)):
-        final_path = shard_path(output_dir, split, shard_index, num_shards)
-        temp_path = os.path.join(output_dir, f'.{os.path.basename(final_path)}.tmp{os.getpid()}')
-        temp_paths.append(temp_path)
-        shard_jobs = jobs[begin:end]
-        if begin == 0 and first_result is not None and shard_jobs:
-          results = [first_result]
-          results_iter = pool.map(make_example, shard_jobs[1:])
-        else:
-          results = []
-          results_iter = pool.map(make_example, shard_jobs)
-        with tf.io.TFRecordWriter(temp_path) as writer:
-          for serialized, example_counts in _chain(results, results_iter):
+      for begin, end in _shard_bounds(len(jobs), num_shards):
+        known = first_results[begin:end]
+        results = _chain(known, pool.map(make, jobs[begin + len(known):end]))
+        staged = run.stage(split)  # Renamed below, once the shard count is known.
+        num_examples = 0
+        with tf.io.TFRecordWriter(staged) as writer:
+          for serialized, example_counts in results:
+            bar.update()
+            if serialized is None:
+              corrupt.append(example_counts)
+              continue
             writer.write(serialized)
             counts.update(example_counts)
-            summary.num_examples += 1
-            bar.update()
-        written_paths.append((temp_path, final_path))
-    for temp_path, final_path in written_paths:
-      os.replace(temp_path, final_path)
-      summary.num_bytes += os.path.getsize(final_path)
-      summary.shard_paths.append(final_path)
+            num_examples += 1
+        shards.append((staged, num_examples))
   finally:
     bar.close()
-    for temp_path in temp_paths:
-      if os.path.exists(temp_path):
-        os.remove(temp_path)
-  for stale in previous:
-    if stale not in summary.shard_paths:
-      os.remove(stale)
+  if corrupt:
+    summary.skipped['corrupt file'] = corrupt
+    # Skipped inputs can empty a shard: drop it (a split keeps at least one shard).
+    for staged, num_examples in list(shards):
+      if num_examples == 0 and len(shards) > 1:
+        run.unstage(staged)
+        shards.remove((staged, num_examples))
+  num_shards = len(shards)
+  for index, (staged, num_examples) in enumerate(shards):
+    final = shard_path(output_dir, split, index, num_shards)
+    run.set_destination(staged, os.path.basename(final))
+    summary.shard_paths.append(final)
+    summary.num_examples += num_examples
+    summary.num_bytes += tf.io.gfile.stat(staged).length
   summary.num_shards = num_shards
   summary.counts = dict(counts)
   summary.seconds = time.monotonic() - start_time
@@ -644,6 +747,9 @@ def add_common_flags(parser: argparse.ArgumentParser, splits: Optional[Sequence[
   add_bool_flag(parser, 'skip_missing', False,
                 'Skip (and report) images without annotation or annotation files; '
                 'otherwise they are an error')
+  add_bool_flag(parser, 'skip_corrupt', False,
+                'Skip (and report) images and annotation PNGs that cannot be decoded; '
+                'otherwise the first one stops the run, naming the file')
   add_bool_flag(parser, 'overwrite', False, 'Replace existing shards of the converted splits')
   add_bool_flag(parser, 'progress', True, 'Draw a progress bar on stderr')
 

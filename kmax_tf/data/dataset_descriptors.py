@@ -13,6 +13,9 @@ import json
 import pathlib
 from typing import Dict, Optional, Tuple
 
+# 'none': no panoptic submission (e.g. ADE20K, whose first category id is 0).
+SUBMISSION_FORMATS = ('coco', 'cityscapes', 'none')
+
 _DESCRIPTOR_DIR = pathlib.Path(__file__).resolve().parent / 'descriptors'
 
 # Registered name -> descriptor file name in _DESCRIPTOR_DIR.
@@ -50,6 +53,11 @@ class DatasetDescriptor:
       decoder (DeepLab2: on for COCO and ADE20K, off for Cityscapes).
     transformer_decoder_drop_path_keep_prob: drop-path keep probability of the
       kMaX transformer decoder during training.
+    submission_format: layout of the official test-server files an evaluation
+      with `save_raw_predictions` writes: 'coco' (COCO panoptic PNG + JSON) or
+      'cityscapes' (cityscapesScripts' panoptic PNG + JSON with string image
+      ids, plus the `raw_instance/` instance files) or 'none' (raw
+      predictions only).
   """
 
   name: str
@@ -65,6 +73,7 @@ class DatasetDescriptor:
   high_resolution_output_stride: int = 4
   use_auxiliary_semantic_decoder: bool = True
   transformer_decoder_drop_path_keep_prob: float = 0.8
+  submission_format: str = 'coco'
 
   def __post_init__(self):
     problems = []
@@ -93,6 +102,9 @@ class DatasetDescriptor:
       problems.append(f'num_mask_slots must be positive, got {self.num_mask_slots}')
     if not 0.0 < self.transformer_decoder_drop_path_keep_prob <= 1.0:
       problems.append('transformer_decoder_drop_path_keep_prob must be in (0, 1]')
+    if self.submission_format not in SUBMISSION_FORMATS:
+      problems.append(f'submission_format must be one of {SUBMISSION_FORMATS}, got '
+                      f'{self.submission_format!r}')
     if problems:
       raise ValueError(f'Invalid dataset descriptor {self.name!r}: ' + '; '.join(problems))
 

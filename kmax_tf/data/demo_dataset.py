@@ -28,6 +28,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from kmax_tf import file_io
@@ -324,6 +325,7 @@ def _png_bytes(array: np.ndarray) -> bytes:
 # `generate` refuses an output folder that already holds a dataset, unless asked to
 # overwrite it; single files are then replaced.
 _replace_file = functools.partial(file_io.write_bytes_atomic, overwrite=True)
+_COCO_FOLDER = 'coco_format'
 
 
 def sample_name(split: str, index: int) -> str:
@@ -368,19 +370,31 @@ def generate(output_dir: str, num_train: int = DEFAULT_NUM_TRAIN, num_val: int =
   for split in coco_format_splits:
     if split not in sizes:
       raise converter_utils.ConversionError(f'unknown split {split!r} in --coco_format_splits')
-  os.makedirs(output_dir, exist_ok=True)
-  descriptor_path = os.path.join(output_dir, f'{DATASET_NAME}.json')
-  coco_root = os.path.join(output_dir, 'coco_format')
-  if not overwrite and os.path.exists(descriptor_path):
+  descriptor_name = f'{DATASET_NAME}.json'
+  descriptor_path = os.path.join(output_dir, descriptor_name)
+  if not overwrite and tf.io.gfile.exists(descriptor_path):
     raise converter_utils.ConversionError(
         f'{output_dir} already holds a demo dataset ({descriptor_path}); pass --overwrite')
+  with converter_utils.OutputRun(output_dir, list(sizes), overwrite,
+                                 files=[descriptor_name]) as run:
+    summaries = _generate_splits(run, sizes, size, seed, coco_format_splits, num_workers,
+                                 progress)
+    run.write_file(descriptor_name,
+                   (json.dumps(descriptor_dict(num_train, num_val), indent=2) + '\n').encode())
+    run.commit()
+  if preview_path:
+    save_preview(preview_path, [render_scene(seed, 'val', i, size) for i in range(min(12, num_val))]
+                 or [render_scene(seed, 'train', 0, size)])
+  return summaries
+
+
+def _generate_splits(run, sizes, size, seed, coco_format_splits, num_workers, progress):
+  """Stages every split's shards and COCO-format copy in `run`."""
+  height, width = size
   spec = label_spec()
   summaries = []
   for split, count in sizes.items():
     write_coco = split in coco_format_splits
-    if write_coco:
-      os.makedirs(os.path.join(coco_root, split), exist_ok=True)
-      os.makedirs(os.path.join(coco_root, 'annotations', f'panoptic_{split}'), exist_ok=True)
 
     def make_example(index, split=split, write_coco=write_coco):
       scene = render_scene(seed, split, index, size)
@@ -393,26 +407,21 @@ def generate(output_dir: str, num_train: int = DEFAULT_NUM_TRAIN, num_val: int =
       example = converter_utils.create_tf_example(
           image_png, 'png', name, label, converter_utils.LABEL_FORMAT_RAW, height, width)
       if write_coco:
-        _replace_file(os.path.join(coco_root, split, f'{name}.png'), image_png)
-        _replace_file(os.path.join(coco_root, 'annotations', f'panoptic_{split}', f'{name}.png'),
-                      label_codec.encode_panoptic_png(scene.segment_ids))
+        run.write_file(os.path.join(_COCO_FOLDER, split, f'{name}.png'), image_png)
+        run.write_file(os.path.join(_COCO_FOLDER, 'annotations', f'panoptic_{split}',
+                                    f'{name}.png'),
+                       label_codec.encode_panoptic_png(scene.segment_ids))
       return example.SerializeToString(), counts
 
     summaries.append(converter_utils.write_split(
-        split, range(count), make_example, output_dir, num_workers=num_workers,
-        overwrite=overwrite, progress=progress))
+        split, range(count), make_example, run.output_dir, num_workers=num_workers,
+        progress=progress, run=run))
     if write_coco:
-      _write_coco_json(coco_root, split, count, seed, size)
-
-  _replace_file(descriptor_path,
-                (json.dumps(descriptor_dict(num_train, num_val), indent=2) + '\n').encode())
-  if preview_path:
-    save_preview(preview_path, [render_scene(seed, 'val', i, size) for i in range(min(12, num_val))]
-                 or [render_scene(seed, 'train', 0, size)])
+      _write_coco_json(run, split, count, seed, size)
   return summaries
 
 
-def _write_coco_json(coco_root: str, split: str, count: int, seed: int, size: Tuple[int, int]):
+def _write_coco_json(run, split: str, count: int, seed: int, size: Tuple[int, int]):
   """Writes panoptic_<split>.json (segments recomputed from the deterministic renderer)."""
   images, annotations = [], []
   for index in range(count):
@@ -426,8 +435,8 @@ def _write_coco_json(coco_root: str, split: str, count: int, seed: int, size: Tu
                 for c in range(1, len(CLASS_NAMES))]
   data = {'info': {'description': f'{DATASET_NAME} {split} (seed {seed})'},
           'images': images, 'annotations': annotations, 'categories': categories}
-  _replace_file(os.path.join(coco_root, 'annotations', f'panoptic_{split}.json'),
-                json.dumps(data).encode())
+  run.write_file(os.path.join(_COCO_FOLDER, 'annotations', f'panoptic_{split}.json'),
+                 json.dumps(data).encode())
 
 
 def _parse_size(text: str) -> Tuple[int, int]:

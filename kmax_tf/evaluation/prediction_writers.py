@@ -21,6 +21,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from kmax_tf import file_io
@@ -36,7 +37,7 @@ THREE_CHANNEL_PNG = 'three_channel_png'
 TWO_CHANNEL_NUMPY_ARRAY = 'two_channel_numpy_array'
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format='PNG')
   return buffer.getvalue()
@@ -107,7 +108,7 @@ class PanopticSubmissionWriter:
     self.overwrite = overwrite
     self._annotations: List[Dict[str, Any]] = []
     self._image_ids = set()
-    if not overwrite and os.path.exists(self.json_path):
+    if not overwrite and tf.io.gfile.exists(self.json_path):
       raise FileExistsError(f'{self.json_path} already exists; refusing to overwrite it.')
 
   def _image_id(self, stem: str):
@@ -177,7 +178,7 @@ class PanopticSubmissionWriter:
     ids = segment_ids[inverse]
     file_name = stem + '.png' if self.output_format == COCO else f'{image_id}.png'
     file_io.write_bytes_atomic(os.path.join(self.png_folder, file_name),
-                               _png_bytes(panoptic_png.ids_to_rgb(ids)), overwrite=self.overwrite)
+                               png_bytes(panoptic_png.ids_to_rgb(ids)), overwrite=self.overwrite)
     annotation = {'image_id': image_id, 'file_name': file_name, 'segments_info': segments_info}
     self._annotations.append(annotation)
     self._image_ids.add(image_id)
@@ -233,7 +234,7 @@ def write_raw_predictions(output_dir: str, image_name: str, *,
     if semantic.min(initial=0) < 0 or semantic.max(initial=0) > 255:
       raise ValueError(f'{image_name}: semantic ids must be in [0, 255] for the PNG.')
     path = os.path.join(output_dir, 'raw_semantic', stem + '.png')
-    file_io.write_bytes_atomic(path, _png_bytes(semantic.astype(np.uint8)), overwrite=overwrite)
+    file_io.write_bytes_atomic(path, png_bytes(semantic.astype(np.uint8)), overwrite=overwrite)
     written['semantic'] = path
   if panoptic_pred is not None:
     if not label_divisor:
@@ -267,7 +268,7 @@ def write_raw_predictions(output_dir: str, image_name: str, *,
       file_io.write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)
     else:
       path = os.path.join(folder, stem + '.png')
-      file_io.write_bytes_atomic(path, _png_bytes(output.astype(np.uint8)), overwrite=overwrite)
+      file_io.write_bytes_atomic(path, png_bytes(output.astype(np.uint8)), overwrite=overwrite)
     written['panoptic'] = path
   return written
 
@@ -328,7 +329,7 @@ def write_cityscapes_raw_instances(output_dir: str, image_name: str, *, semantic
                float(np.mean(semantic_scores[mask], dtype=np.float64)))
       mask_name = f'instance_masks/{stem}_class_{class_id}_instance_{instance_id}.png'
       file_io.write_bytes_atomic(os.path.join(folder, mask_name),
-                                 _png_bytes(mask.astype(np.uint8)), overwrite=overwrite)
+                                 png_bytes(mask.astype(np.uint8)), overwrite=overwrite)
       lines.append(f'{mask_name} {class_id} {score:f}\n')
   text_path = os.path.join(folder, stem + '.txt')
   file_io.write_text_atomic(text_path, ''.join(lines), overwrite=overwrite)

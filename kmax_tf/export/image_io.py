@@ -5,6 +5,7 @@ alpha channel is dropped); the EXIF orientation of photos is applied so that
 predictions line up with what image viewers show.
 """
 
+import io
 import os
 from typing import Union
 
@@ -40,11 +41,17 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
   Raises:
     ImageReadError: missing file, not an image, truncated or too large.
   """
+  import tensorflow as tf  # noqa: PLC0415  (tf.io.gfile: the file may be on gs:// or ram://)
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
     raise ImageReadError(f'{path}: no such file.')
   try:
-    with Image.open(path) as image:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      data = f.read()
+  except tf.errors.OpError as error:
+    raise ImageReadError(f'{path}: cannot read the file ({error.message}).') from None
+  try:
+    with Image.open(io.BytesIO(data)) as image:
       image.load()
       return _pil_to_rgb(image)
   except Image.DecompressionBombError as error:

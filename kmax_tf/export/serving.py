@@ -1,10 +1,17 @@
 """TF Serving SavedModel export of kMaX-DeepLab panoptic models.
 
-The exported `tf.Module` has two signatures:
+The exported `tf.Module` has these signatures:
 
 * `serving_default` (also `image_tensor`): input `images`, uint8
   [B, H, W, 3] of any batch and size, or a single [H, W, 3] image (treated as
   a batch of one, like DeepLab2's export).
+* `float_images`: input `images`, float32 of the same shapes holding [0, 255]
+  values, the rule of `Predictor`: checked in the graph (finite, in [0, 255],
+  not an image scaled to [0, 1]; a clear error otherwise), rounded and served
+  as uint8. A float tensor given to `serving_default` is refused by
+  TensorFlow; a numpy float array is cast to uint8 by TensorFlow before the
+  graph runs (wrapping values above 255), so floats belong here or in
+  `Predictor`, which checks them first.
 * `image_bytes`: input `image_bytes`, string [B] of encoded JPEG / PNG / BMP /
   GIF images (what REST clients send as `{"b64": ...}`); each is decoded to
   RGB (grayscale and RGBA are converted). Images of different sizes may share a
@@ -59,6 +66,7 @@ METADATA_ASSET = 'kmax_metadata.json'
 
 SIGNATURE_IMAGE_TENSOR = 'image_tensor'
 SIGNATURE_IMAGE_BYTES = 'image_bytes'
+SIGNATURE_FLOAT_IMAGES = 'float_images'
 INPUT_IMAGES = 'images'
 INPUT_IMAGE_BYTES = 'image_bytes'
 IMAGE_SIZE_KEY = 'image_size'
@@ -97,6 +105,7 @@ def export_metadata(descriptor, spec: preprocessing.ResizeSpec,
           'serving_default': {'inputs': [INPUT_IMAGES], 'outputs': list(OUTPUT_KEYS)},
           SIGNATURE_IMAGE_TENSOR: {'inputs': [INPUT_IMAGES], 'outputs': list(OUTPUT_KEYS)},
           SIGNATURE_IMAGE_BYTES: {'inputs': [INPUT_IMAGE_BYTES], 'outputs': list(OUTPUT_KEYS)},
+          SIGNATURE_FLOAT_IMAGES: {'inputs': [INPUT_IMAGES], 'outputs': list(OUTPUT_KEYS)},
       },
   }
 
@@ -170,6 +179,25 @@ class PanopticServingModule(tf.Module):
     outputs[IMAGE_SIZE_KEY] = tf.tile(raw_size[None], [shape[0], 1])
     return outputs
 
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name=INPUT_IMAGES)])
+  def serve_float_images(self, images):
+    """`serve_images` for float32 images holding [0, 255] values, checked in the graph."""
+    low, high = tf.reduce_min(images), tf.reduce_max(images)
+    checks = [
+        tf.debugging.assert_all_finite(images, 'float images have NaN or infinite values'),
+        tf.debugging.Assert(
+            tf.logical_and(low >= 0.0, high <= 255.0),
+            ['float images must hold values in [0, 255]; got values in', low, high,
+             '(pass uint8, or scale the image first)']),
+        tf.debugging.Assert(
+            tf.logical_not(tf.logical_and(high > 0.0, high <= 1.0)),
+            ['float image values lie in [0, 1]: it looks scaled to [0, 1], but float images '
+             'must hold [0, 255] values. Multiply by 255 (or pass uint8). Max value:', high]),
+    ]
+    with tf.control_dependencies(checks):
+      pixels = tf.cast(tf.round(images), tf.uint8)
+    return self.serve_images(pixels)
+
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_IMAGE_BYTES)])
   def serve_image_bytes(self, image_bytes):
     """Panoptic maps of string [B] encoded images; see module docstring."""
@@ -203,7 +231,8 @@ class PanopticServingModule(tf.Module):
   def signatures(self) -> Dict[str, Any]:
     images_fn = self.serve_images.get_concrete_function()
     return {'serving_default': images_fn, SIGNATURE_IMAGE_TENSOR: images_fn,
-            SIGNATURE_IMAGE_BYTES: self.serve_image_bytes.get_concrete_function()}
+            SIGNATURE_IMAGE_BYTES: self.serve_image_bytes.get_concrete_function(),
+            SIGNATURE_FLOAT_IMAGES: self.serve_float_images.get_concrete_function()}
 
 
 def _copy_config(config) -> config_pb2.ExperimentOptions:
@@ -222,8 +251,9 @@ def load_experiment_config(config: Union[str, os.PathLike, config_pb2.Experiment
     for override in overrides:
       loader.apply_override(config, override, substitutions)
     return config
-  if not os.path.isfile(os.fspath(config)):
-    raise ValueError(f'Config file {os.fspath(config)!r} does not exist.')
+  path = os.fspath(config)
+  if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+    raise ValueError(f'Config file {path!r} does not exist.')
   # Placeholders (e.g. ${TRAIN_SET}) are irrelevant for inference.
   defaults = {name: name for name in _placeholders(os.fspath(config))}
   defaults.update(substitutions or {})
@@ -231,7 +261,7 @@ def load_experiment_config(config: Union[str, os.PathLike, config_pb2.Experiment
 
 
 def _placeholders(path: str):
-  with open(path, encoding='utf-8') as f:
+  with tf.io.gfile.GFile(path) as f:
     return loader.unresolved_placeholders(f.read())
 
 
@@ -312,14 +342,15 @@ def resolve_version_dir(output_path: Union[str, os.PathLike]) -> str:
 def _publish(model_dir: str, version_dir: str) -> None:
   """Moves the saved model into `version_dir`, saved_model.pb last.
 
-  A local rename is atomic. Other file systems (gs://, ram://) cannot rename a
-  folder in one step: the files are copied with saved_model.pb last, so the
-  version counts as a SavedModel only once complete.
+  On a local disk the folder is renamed (atomic). Other file systems (gs://,
+  ram://) cannot rename a folder in one step: the files are copied with
+  saved_model.pb last, so the version counts as a SavedModel only once
+  complete.
   """
   if not file_io.is_remote(version_dir):
-    if os.path.isdir(version_dir):
-      os.rmdir(version_dir)  # Empty (checked by resolve_version_dir).
-    os.rename(model_dir, version_dir)
+    if tf.io.gfile.isdir(version_dir):
+      tf.io.gfile.rmtree(version_dir)  # Empty (checked by resolve_version_dir).
+    tf.io.gfile.rename(model_dir, version_dir)
     return
   last = None
   for folder, _, files in tf.io.gfile.walk(model_dir):

@@ -8,8 +8,13 @@ size, then compared with the raw labels (DeepLab2's `undo_preprocessing`).
 Mask AP (`evaluator_options.compute_mask_ap`) is accumulated on the host with
 pycocotools, as DeepLab2's `PanopticInstanceAveragePrecision`. The first
 `num_vis_samples` (at most MAX_VIS_SAMPLES) samples are drawn as image |
-ground truth | prediction rows into `<model_dir>/vis/predictions_step<step>.png`
-and TensorBoard.
+ground truth | prediction rows into `<save_dir>/predictions_step<step>.png`
+and TensorBoard (`save_dir`: `override_save_dir`, else `<model_dir>/vis`).
+DeepLab2's `save_predictions` / `save_raw_predictions` files (per-sample
+pictures, raw predictions, the official panoptic submission) are written by
+`prediction_saving.PredictionSaver`. With `decode_groundtruth_label: false`
+(a test split) there are no metrics: the evaluation only writes predictions
+and returns no logs, as DeepLab2.
 """
 
 import os
@@ -22,11 +27,12 @@ from absl import logging
 
 from kmax_tf import common
 from kmax_tf.data import preprocessing
-from kmax_tf.training import visualization
+from kmax_tf.training import prediction_saving, visualization
 
 MAX_VIS_SAMPLES = 4
 _VIS_KEY = 'visualization'
 _MASK_AP_KEY = 'mask_ap'
+_SAVE_KEY = 'save'
 
 
 def undo_image_preprocessing(image: tf.Tensor, resized_size, raw_size) -> tf.Tensor:
@@ -82,6 +88,8 @@ class Evaluator(orbit.StandardEvaluator):
                                      descriptor.panoptic_label_divisor, thing_classes)
     self._vis_rows: List[np.ndarray] = []
     self.last_picture: Optional[str] = None
+    self._has_labels = config.eval_dataset_options.decode_groundtruth_label
+    self.saver = prediction_saving.PredictionSaver(options, descriptor, self._vis_dir)
 
   def eval_begin(self):
     self._pq.reset_state()
@@ -89,6 +97,7 @@ class Evaluator(orbit.StandardEvaluator):
     if self._mask_ap is not None:
       self._mask_ap.reset_state()
     self._vis_rows = []
+    self.saver.begin()
 
   def eval_step(self, iterator):
     outputs = self._strategy.run(self._replica_step, args=(next(iterator),))
@@ -104,11 +113,16 @@ class Evaluator(orbit.StandardEvaluator):
       return preprocessing.undo_preprocessing(outputs[key], resized_size, raw_size)
 
     panoptic = undo(common.PRED_PANOPTIC_KEY)
+    step_outputs = {}
+    if self.saver.active:
+      step_outputs[_SAVE_KEY] = self._outputs_to_save(inputs, outputs, panoptic, undo,
+                                                      resized_size, raw_size)
+    if common.GT_PANOPTIC_RAW not in inputs:  # No labels (decode_groundtruth_label: false).
+      return step_outputs
     gt_panoptic = inputs[common.GT_PANOPTIC_RAW]
     self._pq.update_state(gt_panoptic, panoptic, inputs.get(common.GT_IS_CROWD_RAW))
     if self._compute_miou:
       self._miou.update_state(inputs[common.GT_SEMANTIC_RAW], undo(common.PRED_SEMANTIC_KEY))
-    step_outputs = {}
     if self._mask_ap is not None:
       is_crowd = inputs.get(common.GT_IS_CROWD_RAW, tf.zeros_like(gt_panoptic, tf.bool))
       step_outputs[_MASK_AP_KEY] = (
@@ -119,7 +133,35 @@ class Evaluator(orbit.StandardEvaluator):
       step_outputs[_VIS_KEY] = (image, gt_panoptic, panoptic)
     return step_outputs
 
+  def _outputs_to_save(self, inputs, outputs, panoptic, undo, resized_size, raw_size):
+    """The maps `PredictionSaver.add` needs, at the input image size."""
+    saved = {common.PRED_PANOPTIC_KEY: panoptic,
+             common.PRED_SEMANTIC_KEY: undo(common.PRED_SEMANTIC_KEY)}
+    if common.IMAGE_NAME in inputs:
+      saved[common.IMAGE_NAME] = inputs[common.IMAGE_NAME]
+    if self.saver.writes_instances or self.saver.num_samples:
+      for key in (common.PRED_INSTANCE_KEY, common.PRED_INSTANCE_SCORES_KEY,
+                  common.PRED_SEMANTIC_SCORES_KEY):
+        if key in outputs:
+          saved[key] = undo(key)
+    if self.saver.num_samples and common.GT_PANOPTIC_RAW in inputs:
+      saved[common.IMAGE] = undo_image_preprocessing(inputs[common.IMAGE], resized_size,
+                                                     raw_size)
+      saved[common.GT_PANOPTIC_RAW] = inputs[common.GT_PANOPTIC_RAW]
+      saved[common.GT_SEMANTIC_RAW] = inputs[common.GT_SEMANTIC_RAW]
+    return saved
+
+  def _save_predictions(self, replica_outputs):
+    """replica_outputs: key -> tuple of per-replica batched tensors."""
+    keys = list(replica_outputs)
+    for replica in range(len(replica_outputs[keys[0]])):
+      batch = {key: replica_outputs[key][replica].numpy() for key in keys}
+      for index in range(batch[keys[0]].shape[0]):
+        self.saver.add({key: value[index] for key, value in batch.items()})
+
   def eval_reduce(self, state=None, step_outputs=None):
+    if step_outputs and _SAVE_KEY in step_outputs:
+      self._save_predictions(step_outputs[_SAVE_KEY])
     if step_outputs and _MASK_AP_KEY in step_outputs:
       # One tuple per replica-local result; each holds a batch of images.
       for gt, pred, semantic_scores, instance_scores, is_crowd in zip(
@@ -140,6 +182,9 @@ class Evaluator(orbit.StandardEvaluator):
     return state
 
   def eval_end(self, state=None) -> Dict[str, float]:
+    self.saver.end()
+    if not self._has_labels:
+      return {}
     logs = dict(self._pq.summary_scalars())
     if self._compute_miou:
       logs.update(self._miou.summary_scalars())

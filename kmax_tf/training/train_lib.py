@@ -34,7 +34,7 @@ from kmax_tf.keras_setup import keras
 from kmax_tf.training import checkpointing
 from kmax_tf.training import distribution
 from kmax_tf.training import optimizer as optimizer_lib
-from kmax_tf.training import progress
+from kmax_tf import progress
 from kmax_tf.training import trainer as trainer_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')

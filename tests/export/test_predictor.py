@@ -38,6 +38,24 @@ def test_lazy_top_level_name():
 
 
 @pytest.mark.slow
+def test_float_arrays_through_predictor_never_wrap(export_case, photos):
+  """A numpy float image reaches the uint8 signature only after Predictor's range rule."""
+  from kmax_tf.export import image_io  # noqa: PLC0415
+  predictor = kmax_tf.Predictor.from_saved_model(export_case.base_path)
+  photo = photos[2][:120, :160]
+  expected = predictor(photo).panoptic
+  np.testing.assert_array_equal(predictor(photo.astype(np.float64)).panoptic, expected)
+  with pytest.raises(image_io.ImageReadError, match=r'looks scaled to \[0, 1\]'):
+    predictor(photo.astype(np.float32) / 255.0)
+  # 300 would wrap to 44 in TensorFlow's uint8 cast: an error instead.
+  for dtype in (np.float32, np.int64):
+    bad = photo.astype(dtype)
+    bad[0, 0, 0] = 300
+    with pytest.raises(image_io.ImageReadError, match=r'pixel values must lie in \[0, 255\]'):
+      predictor(bad)
+
+
+@pytest.mark.slow
 def test_from_saved_model_matches_in_process_evaluation(export_case, photos):
   predictor = kmax_tf.Predictor.from_saved_model(export_case.base_path)  # base path: latest
   assert predictor.source == str(export_case.version_dir)

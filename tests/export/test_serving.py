@@ -76,12 +76,12 @@ def test_saved_model_cli_lists_signatures(export_case):
   assert result.returncode == 0, result.stderr[-2000:]
   text = result.stdout
   for signature, input_name in (('serving_default', 'images'), ('image_tensor', 'images'),
-                                ('image_bytes', 'image_bytes')):
+                                ('image_bytes', 'image_bytes'), ('float_images', 'images')):
     block = text.split(f"signature_def['{signature}']:")[1].split('signature_def[')[0]
     assert f"inputs['{input_name}']" in block
     for key in serving.OUTPUT_KEYS:
       assert f"outputs['{key}']" in block, (signature, key)
-  assert 'DT_UINT8' in text and 'DT_STRING' in text
+  assert 'DT_UINT8' in text and 'DT_STRING' in text and 'DT_FLOAT' in text
 
 
 def test_graph_is_not_pinned_to_a_device(export_case):
@@ -153,3 +153,24 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(export_case):
   with pytest.raises(ValueError, match='missing'):
     serving.build_serving_module(tiny_config.BASE_CONFIG, export_case.checkpoint_prefix,
                                  overrides=overrides)
+
+
+def test_float_images_follow_the_predictor_rule(export_case, photos):
+  """Floats in [0, 255] give the uint8 maps; [0, 1] or out-of-range floats are clear errors."""
+  loaded = tf.saved_model.load(str(export_case.version_dir))
+  as_uint8 = loaded.signatures['serving_default']
+  as_float = loaded.signatures['float_images']
+  photo = photos[2][:120, :160]
+  expected = as_uint8(images=tf.constant(photo))
+  got = as_float(images=tf.constant(photo.astype(np.float32)))
+  for key in serving.OUTPUT_KEYS:
+    np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=key)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r'looks scaled to \[0, 1\]'):
+    as_float(images=tf.constant(photo.astype(np.float32) / 255.0))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r'must hold values in \[0, 255\]'):
+    as_float(images=tf.constant(photo.astype(np.float32) + 200.0))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='NaN or infinite'):
+    as_float(images=tf.fill([8, 8, 3], float('nan')))
+  # The uint8 signature refuses a float tensor outright (TensorFlow's dtype check).
+  with pytest.raises(tf.errors.InvalidArgumentError, match='expected to be a uint8 tensor'):
+    as_uint8(images=tf.constant(photo.astype(np.float32)))

@@ -72,7 +72,7 @@ def main():
     return standins.make_dataset(options.batch_size)
 
   if args.sleep_per_loop:
-    from kmax_tf.training import progress  # noqa: PLC0415
+    from kmax_tf import progress  # noqa: PLC0415
     original = progress.ProgressPrinter.__call__
 
     def slow(self, output):
