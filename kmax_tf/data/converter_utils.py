@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kmax_tf import panoptic_rgb
 from kmax_tf.data import label_codec
 from kmax_tf.data import tfrecord_decoder
 
@@ -110,7 +111,7 @@ def read_segment_id_png(path: str) -> np.ndarray:
       rgb = np.asarray(png)
   except (OSError, SyntaxError) as e:
     raise ConversionError(f'cannot read panoptic annotation PNG {path}: {e}') from e
-  return label_codec.rgb_to_ids(rgb)
+  return panoptic_rgb.rgb_to_ids(rgb, np.int32)
 
 
 def panoptic_from_segments(

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from kmax_tf import file_io
-from kmax_tf.evaluation import panoptic_png
+from kmax_tf import panoptic_rgb
 
 COCO = 'coco'
 CITYSCAPES = 'cityscapes'
@@ -177,7 +177,7 @@ class PanopticSubmissionWriter:
     ids = segment_ids[inverse]
     file_name = stem + '.png' if self.output_format == COCO else f'{image_id}.png'
     file_io.write_bytes_atomic(os.path.join(self.png_folder, file_name),
-                               _png_bytes(panoptic_png.ids_to_rgb(ids)), overwrite=self.overwrite)
+                               panoptic_rgb.encode_png(ids), overwrite=self.overwrite)
     annotation = {'image_id': image_id, 'file_name': file_name, 'segments_info': segments_info}
     self._annotations.append(annotation)
     self._image_ids.add(image_id)
