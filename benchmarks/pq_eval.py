@@ -78,8 +78,8 @@ def main():
                       'parameters) and reuse it in later runs; default: a temporary folder.')
   args = parser.parse_args()
 
-  from hotcoco import panoptic as hotcoco_panoptic  # pylint: disable=g-import-not-at-top
-  from panopticapi import evaluation as panopticapi_evaluation  # pylint: disable=g-import-not-at-top
+  from hotcoco import panoptic as hotcoco_panoptic
+  from panopticapi import evaluation as panopticapi_evaluation
   pq_compute = panopticapi_evaluation.pq_compute
 
   with contextlib.ExitStack() as stack:

@@ -20,6 +20,18 @@ import numpy as np
 MAX_ID = 256**3 - 1
 
 
+def as_id_map(ids: np.ndarray, what: str = 'id map') -> np.ndarray:
+  """ids as an integer (or bool) [H, W] array ([H, W, 1] squeezed); raises otherwise."""
+  ids = np.asarray(ids)
+  if ids.ndim == 3 and ids.shape[-1] == 1:
+    ids = ids[..., 0]
+  if ids.ndim != 2:
+    raise ValueError(f'Expected a {what} of shape [height, width], got {ids.shape}.')
+  if ids.dtype.kind not in 'iub':
+    raise ValueError(f'Expected an integer {what}, got dtype {ids.dtype}.')
+  return ids
+
+
 def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
   """Splits ids into RGB.
 
@@ -32,13 +44,7 @@ def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
   Raises:
     ValueError: for another shape, a non-integer dtype, or an id out of range.
   """
-  ids = np.asarray(ids)
-  if ids.ndim == 3 and ids.shape[-1] == 1:
-    ids = ids[..., 0]
-  if ids.ndim != 2:
-    raise ValueError(f'Expected an id map of shape [height, width], got {ids.shape}.')
-  if ids.dtype.kind not in 'iub':
-    raise ValueError(f'Expected an integer id map, got dtype {ids.dtype}.')
+  ids = as_id_map(ids)
   if ids.size and (ids.min() < 0 or ids.max() > MAX_ID):
     raise ValueError(
         f'Panoptic id range [{ids.min()}, {ids.max()}] exceeds what an RGB PNG holds: ids '
@@ -72,7 +78,7 @@ def rgb_to_ids(rgb: np.ndarray, dtype=np.int32) -> np.ndarray:
 
 def encode_png(ids: np.ndarray) -> bytes:
   """ids: integer [H, W] in [0, 2**24) -> bytes of an RGB PNG holding them."""
-  from PIL import Image  # noqa: PLC0415  (only writers need Pillow)
+  from PIL import Image  # (only writers need Pillow)
   buffer = io.BytesIO()
   Image.fromarray(ids_to_rgb(ids)).save(buffer, format='PNG')
   return buffer.getvalue()

@@ -73,7 +73,7 @@ def parse_config_text(text: str, source: str = '<string>',
 
 
 def load_config(path, substitutions: Optional[Mapping[str, str]] = None,
-                overrides: Sequence[str] = ()) -> ExperimentOptions:
+                overrides: Sequence[str] = (), check_choices: bool = True) -> ExperimentOptions:
   """Reads a DeepLab2-schema textproto config.
 
   Args:
@@ -84,6 +84,8 @@ def load_config(path, substitutions: Optional[Mapping[str, str]] = None,
       `dotted.field.path=value` (for a repeated field, comma-separated values
       replace the list) or a textproto fragment merged into the config, e.g.
       `trainer_options { solver_options { base_learning_rate: 0.001 } }`.
+    check_choices: also check backbone, optimizer, ... names against their
+      builders (loads TensorFlow; `validation.check_choices` does it later).
 
   Returns:
     The parsed `ExperimentOptions`. Basic checks that need no mode are done
@@ -100,9 +102,8 @@ def load_config(path, substitutions: Optional[Mapping[str, str]] = None,
     raise ConfigError(f'Cannot read config file {path}: {error.strerror or error}') from None
   config = parse_config_text(text, source=str(path), substitutions=substitutions,
                              overrides=overrides)
-  # Imported here: validation looks up the backbone registry of the model.
-  from kmax_tf.config import validation
-  validation.validate_config(config, source=str(path))
+  from kmax_tf.config import validation  # (validation imports this module)
+  validation.validate_config(config, source=str(path), with_choices=check_choices)
   return config
 
 
@@ -174,9 +175,9 @@ def parse_key_value_pairs(pairs: Iterable[str], flag: str = '--substitution') ->
   """Parses `KEY=VALUE` strings (command-line substitutions) into a dict."""
   result = {}
   for pair in pairs:
-    if '=' not in pair:
+    key, sep, value = pair.partition('=')
+    if not sep or not key.strip():
       raise ConfigError(f'{flag} expects KEY=VALUE, got {pair!r}')
-    key, value = pair.split('=', 1)
     result[key.strip()] = value
   return result
 

@@ -28,13 +28,7 @@ SUPPORTED_LABEL_FORMATS = (LABEL_FORMAT_RAW, LABEL_FORMAT_PANOPTIC_PNG)
 
 
 def _check_panoptic_map(panoptic: np.ndarray) -> np.ndarray:
-  panoptic = np.asarray(panoptic)
-  if panoptic.ndim == 3 and panoptic.shape[-1] == 1:
-    panoptic = panoptic[..., 0]
-  if panoptic.ndim != 2:
-    raise ValueError(f'Expected a panoptic map of shape [height, width], got {panoptic.shape}.')
-  if panoptic.dtype.kind not in 'iu':
-    raise ValueError(f'Expected an integer panoptic map, got dtype {panoptic.dtype}.')
+  panoptic = panoptic_rgb.as_id_map(panoptic, 'panoptic map')
   if panoptic.size and panoptic.min() < 0:
     raise ValueError(f'Panoptic ids must be >= 0, got minimum {panoptic.min()}.')
   return panoptic

@@ -46,7 +46,7 @@ _NATIVE_CHANNELS = {0: 1, 2: 3, 6: 4}
 _ACTIVE_EXTENSION = object()
 
 try:
-  from kmax_tf.evaluation import _pqfast  # pylint: disable=g-import-not-at-top
+  from kmax_tf.evaluation import _pqfast
 except ImportError:  # Not built (no compiler at install time): pure Python path.
   _pqfast = None
 if _pqfast is not None and not all(
@@ -289,7 +289,7 @@ def decode_panoptic_png(source: Union[str, bytes, os.PathLike],
     ids = decoder.decode(data, out)
     if ids is not None:
       return ids
-  from PIL import Image  # noqa: PLC0415  (the C extension path never needs Pillow)
+  from PIL import Image  # (the C extension path never needs Pillow)
   try:
     with Image.open(io.BytesIO(data)) as image:
       if image.mode == 'RGB':

@@ -148,7 +148,7 @@ class PanopticSubmissionWriter:
     segment_ids = np.zeros(len(labels), np.int64)
     segments_info = []
     rank = {}
-    for k, (label, class_id) in enumerate(zip(labels.tolist(), classes.tolist())):
+    for k, class_id in enumerate(classes.tolist()):
       if class_id == self.ignore_label:
         continue
       category_id = self.category_ids[class_id]

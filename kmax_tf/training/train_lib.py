@@ -30,6 +30,7 @@ import orbit
 import tensorflow as tf
 from absl import logging
 
+from kmax_tf.config import validation
 from kmax_tf.keras_setup import keras
 from kmax_tf.training import checkpointing
 from kmax_tf.training import distribution
@@ -37,7 +38,7 @@ from kmax_tf.training import optimizer as optimizer_lib
 from kmax_tf.training import progress
 from kmax_tf.training import trainer as trainer_lib
 
-MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
+MODES = validation.MODES
 STOP = 'stop'
 RESTORE = 'restore'
 # Consecutive non-finite events tolerated with non_finite_loss_action='restore'.

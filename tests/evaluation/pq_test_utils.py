@@ -13,7 +13,7 @@ from kmax_tf import panoptic_rgb
 
 def panopticapi_pq(gt_json_file, pred_json_file, gt_folder, pred_folder):
   """panopticapi's pq_compute, quietly (it prints progress)."""
-  from panopticapi.evaluation import pq_compute  # pylint: disable=g-import-not-at-top
+  from panopticapi.evaluation import pq_compute
   with contextlib.redirect_stdout(io.StringIO()):
     return pq_compute(gt_json_file, pred_json_file, gt_folder, pred_folder)
 

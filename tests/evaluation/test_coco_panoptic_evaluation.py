@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kmax_tf.evaluation import coco_panoptic_evaluation as cpe
 from kmax_tf import panoptic_rgb
+from kmax_tf.evaluation import coco_panoptic_evaluation as cpe
 from kmax_tf.evaluation import panoptic_png
-from tests.helpers import synthetic_panoptic
 from tests.evaluation import pq_test_utils
+from tests.helpers import synthetic_panoptic
 
 
 @pytest.fixture(scope='module')

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kmax_tf.evaluation import coco_panoptic_evaluation as cpe
 from kmax_tf import panoptic_rgb
+from kmax_tf.evaluation import coco_panoptic_evaluation as cpe
 from kmax_tf.evaluation import panoptic_png
-from tests.helpers import synthetic_panoptic
 from tests.evaluation import pq_test_utils
+from tests.helpers import synthetic_panoptic
 
 _pqfast = pytest.importorskip(
     'kmax_tf.evaluation._pqfast',
@@ -187,9 +187,9 @@ print('ok')
 @pytest.mark.parametrize('no_simd', ['', '1'])
 def test_up_rows_with_and_without_simd(no_simd):
   """RGB Up rows use SSSE3 when the CPU has it; KMAX_PQFAST_NO_SIMD=1 (read at import) not."""
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+  import os
+  import subprocess
+  import sys
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, KMAX_PQFAST_NO_SIMD=no_simd, KMAX_DISABLE_PQFAST='')
   if not no_simd:
@@ -381,8 +381,8 @@ def test_pair_counts_png_rejects_malformed_input():
 def test_file_evaluation_names_a_damaged_png(tmp_path):
   gt_json, gt_folder, pred_json, pred_folder = synthetic_panoptic.write_case(
       str(tmp_path), num_images=2, height=24, width=32, seed=13)
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
+  import json
+  import os
   annotation = json.load(open(pred_json))['annotations'][0]
   path = os.path.join(pred_folder, annotation['file_name'])
   rgb = panoptic_rgb.ids_to_rgb(panoptic_png.decode_panoptic_png(path))
@@ -409,8 +409,8 @@ def test_file_evaluation_identical_with_and_without_extension(tmp_path, pixel_no
 def test_unknown_id_errors_identical_with_and_without_extension(tmp_path, monkeypatch):
   gt_json, gt_folder, pred_json, pred_folder = synthetic_panoptic.write_case(
       str(tmp_path), num_images=2, height=24, width=32, seed=12)
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
+  import json
+  import os
   annotation = json.load(open(pred_json))['annotations'][1]
   path = os.path.join(pred_folder, annotation['file_name'])
   ids = panoptic_png.decode_panoptic_png(path).copy()

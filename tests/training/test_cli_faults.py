@@ -15,7 +15,8 @@ import tensorflow as tf
 
 from kmax_tf import cli_errors
 from kmax_tf.config import loader
-from tests.training.test_end_to_end import REPO, _env
+from tests.training.test_end_to_end import REPO
+from tests.training.test_end_to_end import _env
 
 
 def _train(config, model_dir, *extra, timeout=600):
@@ -107,7 +108,7 @@ def test_corruption_found_during_training_is_one_line_and_keeps_the_checkpoint(
   # ckpt-0 (written before the first batch) is intact and is the newest checkpoint.
   latest = tf.train.latest_checkpoint(str(model_dir / 'tiny'))
   assert latest == str(model_dir / 'tiny' / 'ckpt-0')
-  from kmax_tf.training import checkpointing  # noqa: PLC0415
+  from kmax_tf.training import checkpointing
   assert checkpointing.checkpoint_problem(latest) is None
 
 
@@ -126,7 +127,7 @@ def test_only_kmax_tf_checks_are_one_line_user_errors():
   except ValueError as error:
     assert cli_errors.is_user_error(error)
   try:
-    open(pathlib.Path('/nonexistent/kmax.textproto'))  # noqa: SIM115
+    open(pathlib.Path('/nonexistent/kmax.textproto'))
   except OSError as error:
     assert not cli_errors.is_user_error(error)  # Raised here, not by a kmax_tf check.
   try:

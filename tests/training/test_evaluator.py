@@ -118,7 +118,7 @@ def test_mask_ap_when_asked(tmp_path, corrupt):
   # Two box instances per image: all found exactly, or all missed.
   assert logs['evaluation/ap/AP_Mask'] == pytest.approx(0.0 if corrupt else 1.0)
   assert 'evaluation/ap/AR_Mask_maxdets=100' in logs
-  assert evaluator._mask_ap.num_gt_instances == 6  # pylint: disable=protected-access
+  assert evaluator._mask_ap.num_gt_instances == 6
   assert 'evaluation/ap/AP_Mask' not in evaluator_lib.Evaluator(
       _config(), EchoModel(), tf.Variable(1, dtype=tf.int64), str(tmp_path), _dataset(),
       descriptor=DESCRIPTOR).evaluate(tf.constant(-1))
