@@ -45,6 +45,21 @@ def test_unresolved_placeholder_is_reported_before_tensorflow_loads(tiny_setup, 
   assert not (tmp_path / 'model').exists()
 
 
+def test_bad_substitution_and_unknown_backbone_are_one_line_errors(tiny_setup, tmp_path):
+  _, data, config = tiny_setup
+  result = _train(config, tmp_path / 'model', '--mode=train', '--substitution=DATA')
+  assert result.returncode != 0
+  assert "Error in the config: --substitution expects KEY=VALUE, got 'DATA'" in result.stderr
+  # Backbone names are listed by the model builder: checked once TensorFlow is loaded.
+  result = _train(config, tmp_path / 'model', '--mode=train', f'--substitution=DATA={data}',
+                  '--config_override=model_options.backbone.name=kmax_resnet5O')
+  assert result.returncode != 0
+  assert "model_options.backbone.name is 'kmax_resnet5O'" in result.stderr
+  assert "'kmax_axial_resnet50'" in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'model').exists()
+
+
 def test_unresolved_initial_checkpoint_placeholder(tiny_setup, tmp_path):
   _, data, config = tiny_setup
   result = _train(config, tmp_path / 'model', '--mode=eval', f'--substitution=DATA={data}',
