@@ -46,19 +46,19 @@ class OptionalBuildExt(setuptools_build_ext.build_ext):
   def run(self):
     try:
       super().run()
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:  # noqa: BLE001  (any build failure: warn)
       self._skip('all extensions', error)
 
   def build_extension(self, ext):
     try:
       super().build_extension(ext)
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:  # noqa: BLE001  (any build failure: warn)
       self._skip(ext.name, error)
 
   def _skip(self, what, error):
-    import warnings  # pylint: disable=g-import-not-at-top
+    import warnings
     warnings.warn(f'kmax_tf: could not build {what} ({error}); using the pure Python '
-                  'fallback (same results, slower PQ evaluation).')
+                  'fallback (same results, slower PQ evaluation).', stacklevel=2)
 
 
 setuptools.setup(

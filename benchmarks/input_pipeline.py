@@ -63,7 +63,7 @@ def _synthetic_example(rng: np.random.Generator, index: int) -> tf.train.Example
   """A 640x480 image with stuff bands, 4-12 thing instances and a void strip."""
   panoptic = np.zeros((_HEIGHT, _WIDTH), np.int32)
   edges = np.sort(rng.integers(0, _HEIGHT, 3))
-  for band, start in enumerate([0, *edges]):
+  for start in [0, *edges]:
     panoptic[start:] = int(rng.integers(81, 134)) * _DIVISOR
   ys, xs = np.mgrid[0:_HEIGHT, 0:_WIDTH]
   for instance in range(1, int(rng.integers(4, 13)) + 1):

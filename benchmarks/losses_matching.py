@@ -64,11 +64,12 @@ def main():
   padded_cost[:, :, :128] = np.where(present[:, :, None] > 0, loss_cost, 999.0)
   dense = rng.normal(size=(args.batch, 181, 181)).astype(np.float32)
   for name, cost in (('padded loss cost 181x181', padded_cost), ('dense random 181x181', dense)):
+    # (Each lambda runs before the next iteration rebinds `cost` / `tensor`.)
     scipy_time = _median_seconds(
-        lambda: [optimize.linear_sum_assignment(c) for c in cost], args.runs)
+        lambda cost=cost: [optimize.linear_sum_assignment(c) for c in cost], args.runs)
     tensor = tf.constant(cost)
-    graph_time = _median_seconds(lambda: graph(tensor).numpy(), args.runs)
-    xla_time = _median_seconds(lambda: xla(tensor).numpy(), args.runs)
+    graph_time = _median_seconds(lambda tensor=tensor: graph(tensor).numpy(), args.runs)
+    xla_time = _median_seconds(lambda tensor=tensor: xla(tensor).numpy(), args.runs)
     rows.append((name, scipy_time, graph_time, xla_time))
 
   cost_t, present_t = tf.constant(loss_cost), tf.constant(present)

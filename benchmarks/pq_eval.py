@@ -9,8 +9,8 @@ pixel noise) in a temp folder, then times on this machine:
   extension `_pqfast` when it is built;
 * ours, CLI: `python evaluation/panoptic_quality.py ...` as a subprocess
   (adds interpreter start-up and imports);
-* ours without the C extension (KMAX_DISABLE_PQFAST=1; libdeflate + Pillow
-  + numpy: the state before the extension), in-process;
+* ours without the C extension (KMAX_DISABLE_PQFAST=1; PNGs read by
+  `PIL.Image.open`, counting in numpy), in-process;
 * panopticapi's `pq_compute` (in-process; it forks cpu_count() workers);
 * `hotcoco.panoptic.pq_compute` (Rust), in-process (the baseline of the
   ratios) and in a `python -c` subprocess (interpreter start-up included, as
@@ -42,7 +42,7 @@ sys.path.insert(0, _REPO_ROOT)
 
 from kmax_tf.evaluation import coco_panoptic_evaluation  # noqa: E402
 from kmax_tf.evaluation import panoptic_png  # noqa: E402
-from kmax_tf.evaluation import synthetic_panoptic  # noqa: E402
+from tests.helpers import synthetic_panoptic  # noqa: E402
 
 
 def _max_difference(ours, reference):
@@ -78,8 +78,8 @@ def main():
                       'parameters) and reuse it in later runs; default: a temporary folder.')
   args = parser.parse_args()
 
-  from hotcoco import panoptic as hotcoco_panoptic  # pylint: disable=g-import-not-at-top
-  from panopticapi import evaluation as panopticapi_evaluation  # pylint: disable=g-import-not-at-top
+  from hotcoco import panoptic as hotcoco_panoptic
+  from panopticapi import evaluation as panopticapi_evaluation
   pq_compute = panopticapi_evaluation.pq_compute
 
   with contextlib.ExitStack() as stack:

@@ -46,7 +46,8 @@ import tensorflow as tf  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from kmax_tf.config import loader  # noqa: E402
-from kmax_tf.data import dataset_descriptors, input_pipeline  # noqa: E402
+from kmax_tf.data import dataset_descriptors  # noqa: E402
+from kmax_tf.data import input_pipeline  # noqa: E402
 from kmax_tf.losses import builder as loss_builder  # noqa: E402
 from kmax_tf.model import builder as model_builder  # noqa: E402
 from kmax_tf.training import trainer as trainer_lib  # noqa: E402

@@ -41,7 +41,7 @@ def write_bytes_atomic(path: PathLike, data: bytes, overwrite: bool = False) -> 
     FileExistsError: `path` exists and `overwrite` is False.
     TypeError: `data` is not bytes.
   """
-  import tensorflow as tf  # noqa: PLC0415  (keeps `import kmax_tf.file_io` light)
+  import tensorflow as tf  # keeps `import kmax_tf.file_io` light
   path = os.fspath(path)
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise TypeError(f'data must be bytes, got {type(data).__name__}.')

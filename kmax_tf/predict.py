@@ -58,6 +58,7 @@ FLAGS = flags.FLAGS
 def expand_image_paths(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
   """(sorted unique files, patterns that matched nothing) of files/dirs/globs."""
   import tensorflow as tf
+
   from kmax_tf import file_io
   from kmax_tf.export import image_io
   files, unmatched = [], []

@@ -55,8 +55,8 @@ def test_demo_model_is_small(demo_config):
 
 
 def test_demo_one_training_step(demo_config_path, tmp_path):
-  from kmax_tf.data import demo_dataset  # noqa: PLC0415
-  from kmax_tf.training import train_lib  # noqa: PLC0415
+  from kmax_tf.data import demo_dataset
+  from kmax_tf.training import train_lib
 
   data_dir = tmp_path / 'demo_data'
   demo_dataset.generate(str(data_dir), num_train=2, num_val=1, coco_format_splits=(),

@@ -29,7 +29,7 @@ def test_failed_write_leaves_no_file(tmp_path):
 
 
 def test_remote_file_systems_go_through_gfile():
-  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow as tf
   path = 'ram://file_io_test/sub/out.json'
   file_io.write_text_atomic(path, '{}')
   assert not os.path.exists('ram:')  # Not a local folder named "ram:".

@@ -15,17 +15,18 @@ from absl import app
 from absl import flags
 from absl import logging
 
-os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+# TensorFlow-free imports (fast flags and config errors); kmax_tf sets TF_USE_LEGACY_KERAS.
+from kmax_tf.config import loader
+from kmax_tf.config import validation
+from kmax_tf.training import distribution
 
-_MODES = ['train', 'eval', 'train_and_eval', 'continuous_eval']
-
-flags.DEFINE_enum('mode', None, _MODES, 'What to run.')
+flags.DEFINE_enum('mode', None, list(validation.MODES), 'What to run.')
 flags.DEFINE_string('model_dir', None, 'Base directory for checkpoints and summaries; the '
                     "config's experiment_name is appended.")
 flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto (DeepLab2 schema).')
 flags.DEFINE_string('master', None, 'Cloud TPU name or grpc:// address (implies a TPU).')
 flags.DEFINE_integer('num_gpus', 0, 'Number of local GPUs (0: CPU).')
-flags.DEFINE_enum('strategy', '', ['', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu'],
+flags.DEFINE_enum('strategy', '', list(distribution.SUPPORTED_STRATEGIES),
                   "Distribution strategy; '' chooses as DeepLab2 from --master/--num_gpus. "
                   'multi_worker_mirrored reads the cluster from TF_CONFIG.')
 flags.DEFINE_multi_string('config_override', [], 'Applied after parsing, in order, e.g. '
@@ -45,34 +46,30 @@ flags.mark_flags_as_required(['mode', 'model_dir', 'config_file'])
 FLAGS = flags.FLAGS
 
 
-def _parse_substitutions(pairs):
-  substitutions = {}
-  for pair in pairs:
-    key, sep, value = pair.partition('=')
-    if not sep or not key:
-      raise app.UsageError(f'--substitution expects KEY=VALUE, got {pair!r}.')
-    substitutions[key] = value
-  return substitutions
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from kmax_tf.config import loader, validation  # noqa: PLC0415  (no TensorFlow: fast)
   try:
-    config = loader.load_config(FLAGS.config_file, _parse_substitutions(FLAGS.substitution),
-                                FLAGS.config_override)
+    # The checks that need no TensorFlow first, so their errors come in a second.
+    config = loader.load_config(FLAGS.config_file,
+                                loader.parse_key_value_pairs(FLAGS.substitution),
+                                FLAGS.config_override, check_choices=False)
     validation.validate_for_mode(config, FLAGS.mode, source=FLAGS.config_file)
   except (ValueError, OSError) as error:
     sys.exit(f'Error in the config: {error}')
-  import tensorflow as tf  # noqa: PLC0415  (after flags and config, so errors are fast)
+  import tensorflow as tf
   if FLAGS.num_cpu_devices > 1:
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices)
-  from kmax_tf import cli_errors  # noqa: PLC0415
-  from kmax_tf.data import record_check  # noqa: PLC0415
-  from kmax_tf.training import train_lib  # noqa: PLC0415
+  try:
+    # Backbone, optimizer, ... names: listed by their builders (TensorFlow modules).
+    validation.check_choices(config, source=FLAGS.config_file)
+  except ValueError as error:
+    sys.exit(f'Error in the config: {error}')
+  from kmax_tf import cli_errors
+  from kmax_tf.data import record_check
+  from kmax_tf.training import train_lib
 
   model_dir = os.path.join(FLAGS.model_dir, config.experiment_name)
   try:

@@ -74,7 +74,7 @@ def parse_config_text(text: str, source: str = '<string>',
 
 def _read_remote(path: str) -> str:
   """A config on gs://, ram://, ... (TensorFlow is imported only for such paths)."""
-  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow as tf
   try:
     with tf.io.gfile.GFile(path) as f:
       return f.read()
@@ -83,7 +83,7 @@ def _read_remote(path: str) -> str:
 
 
 def load_config(path, substitutions: Optional[Mapping[str, str]] = None,
-                overrides: Sequence[str] = ()) -> ExperimentOptions:
+                overrides: Sequence[str] = (), check_choices: bool = True) -> ExperimentOptions:
   """Reads a DeepLab2-schema textproto config.
 
   Args:
@@ -94,6 +94,8 @@ def load_config(path, substitutions: Optional[Mapping[str, str]] = None,
       `dotted.field.path=value` (for a repeated field, comma-separated values
       replace the list) or a textproto fragment merged into the config, e.g.
       `trainer_options { solver_options { base_learning_rate: 0.001 } }`.
+    check_choices: also check backbone, optimizer, ... names against their
+      builders (loads TensorFlow; `validation.check_choices` does it later).
 
   Returns:
     The parsed `ExperimentOptions`. Basic checks that need no mode are done
@@ -113,9 +115,8 @@ def load_config(path, substitutions: Optional[Mapping[str, str]] = None,
       raise ConfigError(f'Cannot read config file {path}: {error.strerror or error}') from None
   config = parse_config_text(text, source=str(path), substitutions=substitutions,
                              overrides=overrides)
-  # Imported here: validation looks up the backbone registry of the model.
-  from kmax_tf.config import validation
-  validation.validate_config(config, source=str(path))
+  from kmax_tf.config import validation  # (validation imports this module)
+  validation.validate_config(config, source=str(path), with_choices=check_choices)
   return config
 
 
@@ -187,9 +188,9 @@ def parse_key_value_pairs(pairs: Iterable[str], flag: str = '--substitution') ->
   """Parses `KEY=VALUE` strings (command-line substitutions) into a dict."""
   result = {}
   for pair in pairs:
-    if '=' not in pair:
+    key, sep, value = pair.partition('=')
+    if not sep or not key.strip():
       raise ConfigError(f'{flag} expects KEY=VALUE, got {pair!r}')
-    key, value = pair.split('=', 1)
     result[key.strip()] = value
   return result
 

@@ -3,37 +3,34 @@
 Errors name the config file and the field (e.g.
 `model_options.backbone.name`), show the received value and list the valid
 choices, so users can fix a config without reading a TensorFlow traceback.
+
+The choices of the built parts are read from their builders (one list each):
+backbones `model.builder.PIXEL_ENCODER_BUILDERS`, optimizers
+`training.optimizer.OPTIMIZER_BUILDERS`, learning-rate policies
+`training.learning_rate.DECAY_SCHEDULE_BUILDERS`, precision policies
+`training.optimizer.SUPPORTED_PRECISION_POLICIES`, post-processing
+`model.post_processor.POST_PROCESSING_MODES`. Those modules load TensorFlow, so
+`check_choices` imports them when it runs; importing this module and the other
+checks (modes, placeholders, datasets) stay TensorFlow-free, which lets the
+trainer report those errors in a second.
 """
 
 from typing import Iterable
 
-from kmax_tf.config.loader import ConfigError, unresolved_placeholders
+from kmax_tf.config.loader import ConfigError
+from kmax_tf.config.loader import unresolved_placeholders
 from kmax_tf.data import dataset_descriptors
-
-# The kMaX pixel encoders (DeepLab2 names). `kmax_tf.model.builder` maps each to
-# its builder; tests/config/test_validation.py keeps the two lists equal.
-KMAX_BACKBONES = (
-    'kmax_resnet50',
-    'kmax_axial_resnet50',
-    'kmax_convnext_tiny',
-    'kmax_convnext_small',
-    'kmax_convnext_base',
-    'kmax_convnext_large',
-)
 
 AUTOAUGMENT_POLICIES = ('', 'simple_classification_policy',
                         'simple_classification_policy_magnitude_scale_0.2')
 COPY_PASTE_OPTIONS = ('none', 'random', 'all')
-POST_PROCESSING = ('pixelwise', 'maskwise')
-OPTIMIZERS = ('adam', 'adamw', 'sgd')
-LEARNING_POLICIES = ('poly', 'cosine')
-MIXED_PRECISION_POLICIES = ('', 'float32', 'mixed_float16', 'mixed_bfloat16')
 NON_FINITE_LOSS_ACTIONS = ('stop', 'restore')
 PQ_VARIANTS = ('official', 'deeplab2')
 
+# The trainer's --mode values (run by training.train_lib) and what each reads.
+MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
 TRAIN_MODES = ('train', 'train_and_eval')
 EVAL_MODES = ('eval', 'train_and_eval', 'continuous_eval')
-MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
 
 
 def _choice(value: str, choices: Iterable[str], field: str, source: str) -> None:
@@ -98,15 +95,42 @@ def _check_dataset(options, field: str, source: str) -> None:
             f'{field}.augmentations.panoptic_copy_paste.{name}', source)
 
 
-def validate_config(config, source: str = 'config') -> None:
-  """Mode-independent checks; raises ConfigError naming file and field."""
+def check_choices(config, source: str = 'config') -> None:
+  """Checks the names of the built parts against their builders' lists (loads TensorFlow)."""
+  from kmax_tf.model import builder as model_builder  # (TensorFlow)
+  from kmax_tf.model import post_processor
+  from kmax_tf.training import learning_rate
+  from kmax_tf.training import optimizer
+
+  model = config.model_options
+  if model.HasField('backbone') or model.HasField('max_deeplab'):
+    _choice(model.backbone.name, model_builder.PIXEL_ENCODER_BUILDERS,
+            'model_options.backbone.name', source)
+  solver = config.trainer_options.solver_options
+  _choice(solver.optimizer, optimizer.OPTIMIZER_BUILDERS,
+          'trainer_options.solver_options.optimizer', source)
+  _choice(solver.learning_policy, learning_rate.DECAY_SCHEDULE_BUILDERS,
+          'trainer_options.solver_options.learning_policy', source)
+  _choice(solver.mixed_precision_policy, optimizer.SUPPORTED_PRECISION_POLICIES,
+          'trainer_options.solver_options.mixed_precision_policy', source)
+  _choice(config.evaluator_options.transformer_post_processing,
+          post_processor.POST_PROCESSING_MODES, 'evaluator_options.transformer_post_processing',
+          source)
+
+
+def validate_config(config, source: str = 'config', with_choices: bool = True) -> None:
+  """Mode-independent checks; raises ConfigError naming file and field.
+
+  `with_choices=False` leaves out `check_choices` (the one check that loads
+  TensorFlow), for callers that report other config errors first.
+  """
+  if with_choices:
+    check_choices(config, source)
   model = config.model_options
   if model.WhichOneof('meta_architecture') not in (None, 'max_deeplab'):
     raise ConfigError(f'{source}: model_options sets '
                       f'{model.WhichOneof("meta_architecture")}; kmax_tf builds kMaX-DeepLab, '
                       'which is configured by model_options.max_deeplab')
-  if model.HasField('backbone') or model.HasField('max_deeplab'):
-    _choice(model.backbone.name, KMAX_BACKBONES, 'model_options.backbone.name', source)
   for name in ('backbone_width_multiplier', 'backbone_layer_multiplier', 'stem_width_multiplier'):
     if getattr(model.backbone, name) <= 0:
       raise ConfigError(f'{source}: model_options.backbone.{name} must be positive')
@@ -133,29 +157,27 @@ def validate_config(config, source: str = 'config') -> None:
   _check_dataset(config.eval_dataset_options, 'eval_dataset_options', source)
 
   solver = config.trainer_options.solver_options
-  _choice(solver.optimizer, OPTIMIZERS, 'trainer_options.solver_options.optimizer', source)
-  _choice(solver.learning_policy, LEARNING_POLICIES,
-          'trainer_options.solver_options.learning_policy', source)
-  _choice(solver.mixed_precision_policy, MIXED_PRECISION_POLICIES,
-          'trainer_options.solver_options.mixed_precision_policy', source)
   _choice(solver.non_finite_loss_action, NON_FINITE_LOSS_ACTIONS,
           'trainer_options.solver_options.non_finite_loss_action', source)
   evaluator = config.evaluator_options
-  _choice(evaluator.transformer_post_processing, POST_PROCESSING,
-          'evaluator_options.transformer_post_processing', source)
   _choice(evaluator.panoptic_quality_variant, PQ_VARIANTS,
           'evaluator_options.panoptic_quality_variant', source)
 
 
-def validate_for_mode(config, mode: str, source: str = 'config') -> None:
-  """Checks what `mode` needs: datasets, file patterns, resolved placeholders."""
-  _choice(mode, MODES, '--mode', source)
+def datasets_read_by(config, mode: str):
+  """[(field name, DatasetOptions)] of the datasets `mode` reads, train first."""
   needs = []
   if mode in TRAIN_MODES:
     needs.append(('train_dataset_options', config.train_dataset_options))
   if mode in EVAL_MODES:
     needs.append(('eval_dataset_options', config.eval_dataset_options))
-  for field, options in needs:
+  return needs
+
+
+def validate_for_mode(config, mode: str, source: str = 'config') -> None:
+  """Checks what `mode` needs: datasets, file patterns, resolved placeholders."""
+  _choice(mode, MODES, '--mode', source)
+  for field, options in datasets_read_by(config, mode):
     if not options.dataset and not options.HasField('dataset_descriptor_file'):
       raise ConfigError(f'{source}: --mode={mode} needs {field}.dataset (one of '
                         f'{", ".join(dataset_descriptors.registered_dataset_names())})')

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kmax_tf import panoptic_rgb
 from kmax_tf import progress as progress_lib
 from kmax_tf.data import label_codec
 from kmax_tf.data import tfrecord_decoder
@@ -135,7 +136,7 @@ def read_segment_id_png(path: str) -> np.ndarray:
       rgb = np.asarray(png)
   except (OSError, SyntaxError) as e:
     raise CorruptInputError(f'cannot read panoptic annotation PNG {path}: {e}', path) from e
-  return label_codec.rgb_to_ids(rgb)
+  return panoptic_rgb.rgb_to_ids(rgb, np.int32)
 
 
 def panoptic_from_segments(

@@ -7,8 +7,8 @@ instance`. Two encodings are supported, named by the record's
 * `raw` (DeepLab2's format): the ids as little-endian int32, row-major, with
   the map's height and width taken from `image/height` and `image/width`.
 * `panoptic_png`: an RGB PNG where id = R + 256 * G + 65536 * B, the same
-  convention as COCO panoptic PNGs. Much smaller than `raw` on disk; ids must be
-  in [0, 2**24).
+  convention as COCO panoptic PNGs (`kmax_tf.panoptic_rgb`). Much smaller than
+  `raw` on disk; ids must be in [0, 2**24).
 
 Writers (the dataset converters) use the numpy functions, readers (the tf.data
 decoder) use `decode_label_tf`, which accepts both formats transparently.
@@ -20,22 +20,15 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kmax_tf import panoptic_rgb
+
 LABEL_FORMAT_RAW = 'raw'
 LABEL_FORMAT_PANOPTIC_PNG = 'panoptic_png'
 SUPPORTED_LABEL_FORMATS = (LABEL_FORMAT_RAW, LABEL_FORMAT_PANOPTIC_PNG)
 
-# Largest id an RGB panoptic PNG can hold.
-MAX_PANOPTIC_PNG_ID = 256**3 - 1
-
 
 def _check_panoptic_map(panoptic: np.ndarray) -> np.ndarray:
-  panoptic = np.asarray(panoptic)
-  if panoptic.ndim == 3 and panoptic.shape[-1] == 1:
-    panoptic = panoptic[..., 0]
-  if panoptic.ndim != 2:
-    raise ValueError(f'Expected a panoptic map of shape [height, width], got {panoptic.shape}.')
-  if panoptic.dtype.kind not in 'iu':
-    raise ValueError(f'Expected an integer panoptic map, got dtype {panoptic.dtype}.')
+  panoptic = panoptic_rgb.as_id_map(panoptic, 'panoptic map')
   if panoptic.size and panoptic.min() < 0:
     raise ValueError(f'Panoptic ids must be >= 0, got minimum {panoptic.min()}.')
   return panoptic
@@ -65,30 +58,9 @@ def decode_raw(data: bytes, height: int, width: int) -> np.ndarray:
   return np.frombuffer(data, dtype='<i4').reshape(height, width).astype(np.int32)
 
 
-def ids_to_rgb(panoptic: np.ndarray) -> np.ndarray:
-  """Splits ids into uint8 [H, W, 3] RGB with id = R + 256 G + 65536 B."""
-  panoptic = _check_panoptic_map(panoptic).astype(np.int64)
-  if panoptic.size and panoptic.max() > MAX_PANOPTIC_PNG_ID:
-    raise ValueError(f'Panoptic id {panoptic.max()} exceeds {MAX_PANOPTIC_PNG_ID}, the largest '
-                     f'id an RGB panoptic PNG can hold; use the `raw` label format.')
-  rgb = np.stack([panoptic % 256, (panoptic // 256) % 256, panoptic // 65536], axis=-1)
-  return rgb.astype(np.uint8)
-
-
-def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
-  """Inverse of `ids_to_rgb`: uint8 [H, W, 3] -> int32 [H, W]."""
-  rgb = np.asarray(rgb)
-  if rgb.ndim != 3 or rgb.shape[-1] != 3:
-    raise ValueError(f'Expected an RGB array [H, W, 3], got shape {rgb.shape}.')
-  rgb = rgb.astype(np.int32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
 def encode_panoptic_png(panoptic: np.ndarray) -> bytes:
   """Encodes ids as an RGB PNG (`panoptic_png` format)."""
-  buffer = io.BytesIO()
-  Image.fromarray(ids_to_rgb(panoptic)).save(buffer, format='PNG')
-  return buffer.getvalue()
+  return panoptic_rgb.encode_png(_check_panoptic_map(panoptic))
 
 
 def decode_panoptic_png(data: bytes) -> np.ndarray:
@@ -96,7 +68,7 @@ def decode_panoptic_png(data: bytes) -> np.ndarray:
   with Image.open(io.BytesIO(data)) as image:
     if image.mode != 'RGB':
       raise ValueError(f'A panoptic PNG must be RGB, got mode {image.mode}.')
-    return rgb_to_ids(np.asarray(image))
+    return panoptic_rgb.rgb_to_ids(np.asarray(image), np.int32)
 
 
 def encode_label(panoptic: np.ndarray, label_format: str) -> bytes:

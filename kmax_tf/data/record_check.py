@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
+from kmax_tf.config import validation
 from kmax_tf.data import input_pipeline
 
 # TFRecord framing: uint64 length, uint32 masked CRC of the length, the data,
@@ -23,8 +24,6 @@ from kmax_tf.data import input_pipeline
 _HEADER_BYTES = 12
 _FOOTER_BYTES = 4
 
-_TRAIN_MODES = ('train', 'train_and_eval')
-_EVAL_MODES = ('eval', 'train_and_eval', 'continuous_eval')
 
 # The input pipeline's assertion (input_pipeline._read_checked_tfrecord) and the
 # decoder's record checks (tfrecord_decoder.TFRecordDecoder).
@@ -82,7 +81,7 @@ class _FirstRecordChecker:
   """Decodes the first record of a file with the training decoder (traced once)."""
 
   def __init__(self, descriptor, decode_groundtruth_label: bool):
-    from kmax_tf.data import tfrecord_decoder  # noqa: PLC0415
+    from kmax_tf.data import tfrecord_decoder
     decoder = tfrecord_decoder.TFRecordDecoder(descriptor, decode_groundtruth_label)
     self._decode = tf.function(lambda record, path: decoder(record, path))
 
@@ -123,13 +122,8 @@ def check_input_files(config, mode: str) -> None:
   Raises:
     DataError: naming the first bad file and what is wrong with it.
   """
-  from kmax_tf.data import dataset_descriptors  # noqa: PLC0415
-  needs = []
-  if mode in _TRAIN_MODES:
-    needs.append(('train_dataset_options', config.train_dataset_options))
-  if mode in _EVAL_MODES:
-    needs.append(('eval_dataset_options', config.eval_dataset_options))
-  for field, options in needs:
+  from kmax_tf.data import dataset_descriptors
+  for field, options in validation.datasets_read_by(config, mode):
     descriptor = dataset_descriptors.descriptor_from_options(options)
     check_files(options.file_pattern, field, descriptor,
                 decode_groundtruth_label=options.decode_groundtruth_label)

@@ -9,6 +9,5 @@ Modules:
     pq_compute (the CLI `evaluation/panoptic_quality.py`).
   panoptic_png: fast COCO panoptic PNG decoding.
   prediction_writers: COCO / Cityscapes panoptic submissions, raw predictions.
-  synthetic_panoptic: seeded synthetic COCO-panoptic sets for tests/benchmarks.
   file_io: atomic writes.
 """

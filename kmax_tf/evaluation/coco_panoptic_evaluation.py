@@ -269,7 +269,7 @@ def _decode(data: bytes, path: str, workspace: _Workspace, name: str) -> np.ndar
   out = workspace.buffer(name, size, np.uint32) if size else None
   try:
     return panoptic_png.decode_panoptic_png(data, out=out)
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     raise ValueError(f'Cannot decode PNG {path}: {error}') from error
 
 

@@ -74,7 +74,7 @@ class MaskAP:
       gt_is_crowd: optional bool [H, W]; GT instances on crowd pixels are
         `iscrowd` annotations.
     """
-    from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
+    from pycocotools import mask as mask_utils
     gt = np.asarray(gt_panoptic)
     if gt.ndim == 3:
       for i in range(gt.shape[0]):
@@ -122,8 +122,8 @@ class MaskAP:
     if not self._detections or not self._gt_annotations:
       self._cached = {name: 0.0 for name in STAT_NAMES}
       return dict(self._cached)
-    from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
-    from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
       coco_gt = COCO()

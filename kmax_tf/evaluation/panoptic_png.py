@@ -1,29 +1,30 @@
 """Fast decoding of COCO panoptic PNGs into segment-id maps.
 
-A COCO panoptic PNG stores segment id = R + 256 * G + 256**2 * B. Evaluating
-PQ on a dataset is bound by PNG decoding, and most of that time is zlib's
-inflate. This module splits the decode in two:
+A COCO panoptic PNG stores segment id = R + 256 * G + 256**2 * B
+(`kmax_tf.panoptic_rgb`). Evaluating PQ on a dataset is bound by PNG decoding,
+and most of that time is zlib's inflate. With the optional C extension
+`_pqfast` (built by setup.py when a compiler is present) the decode is split in
+two:
 
 1. inflate the IDAT stream with libdeflate (about 10x faster than zlib), found
-   through ctypes when the system has it (Debian's `libdeflate0`);
-2. undo the PNG row filters. With the optional C extension `_pqfast` (built by
-   setup.py when a compiler is present) the rows are unfiltered straight into
-   the id map (8-bit grey, RGB or RGBA); otherwise the inflated rows are handed
-   to Pillow's own PNG row decoder as "stored" (uncompressed) deflate blocks,
-   so Pillow only undoes the filters, writing into a numpy buffer (8-bit RGB).
+   through ctypes when the system has it (Debian's `libdeflate0`), else zlib;
+2. undo the PNG row filters straight into the id map (8-bit grey, RGB or RGBA)
+   in the extension.
 
 `inflate_for_native` stops after step 1, for the extension's fused decode +
 pair counting used by the file evaluation.
 
-Anything unusual (palette, 16 bit, interlace, no libdeflate nor extension,
-Pillow internals that moved) falls back to plain `PIL.Image.open`, which reads
-every PNG the official panopticapi reads, with the same id rule (`rgb2id`).
-Setting the environment variable KMAX_DISABLE_PQFAST=1 turns the C extension
-off (results are identical either way; the tests compare both).
+Without the extension, and for anything unusual (palette, 16 bit, interlace,
+damaged data), the PNG is read with plain `PIL.Image.open`, which reads every
+PNG the official panopticapi reads, with the same id rule (`rgb2id`). Only
+public APIs of Pillow, zlib and ctypes are used. Setting the environment
+variable KMAX_DISABLE_PQFAST=1 turns the C extension off (results are
+identical either way; the tests compare both).
 """
 
 import ctypes
 import ctypes.util
+import io
 import os
 import struct
 import threading
@@ -32,31 +33,25 @@ from typing import Optional, Union
 
 import numpy as np
 
+from kmax_tf import panoptic_rgb
+
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-_STORED_BLOCK_MAX = 65535
 # Deflate expands at most ~1032x (258-byte matches coded in 2 bits).
 MAX_DEFLATE_RATIO = 1040
-# zlib header for a stream that only holds stored blocks (CMF=0x78, FLG=0x01).
-_ZLIB_HEADER = b'\x78\x01'
-
 
 # PNG color type -> bytes per pixel, for the 8-bit types the C extension reads.
 _NATIVE_CHANNELS = {0: 1, 2: 3, 6: 4}
-_RGB_COLOR_TYPE = 2
+
+# `_FastDecoder.decode`'s default: unfilter with `native_module()`.
+_ACTIVE_EXTENSION = object()
 
 try:
-  from kmax_tf.evaluation import _pqfast  # pylint: disable=g-import-not-at-top
+  from kmax_tf.evaluation import _pqfast
 except ImportError:  # Not built (no compiler at install time): pure Python path.
   _pqfast = None
 if _pqfast is not None and not all(
     hasattr(_pqfast, name) for name in ('unfilter_ids', 'pair_counts', 'pair_counts_png')):
   _pqfast = None  # A stale build from an older checkout: rebuild with `pip install -e .`.
-
-
-def _pil_image():
-  """PIL.Image, imported on first use (the C extension path never needs Pillow)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  return Image
 
 
 def native_module():
@@ -107,7 +102,7 @@ class _Decompressor:
 
 
 class _FastDecoder:
-  """libdeflate (or zlib) inflate + C extension or Pillow row unfiltering.
+  """libdeflate (or zlib) inflate + the C extension's row unfiltering.
 
   A libdeflate decompressor is not thread-safe: each thread gets its own.
   """
@@ -115,16 +110,6 @@ class _FastDecoder:
   def __init__(self, lib):
     self._lib = lib
     self._local = threading.local()
-    # The Pillow row path is self-checked on first use (None: not yet).
-    self._pillow_rows_ok = None
-    self._pillow_check_lock = threading.Lock()
-
-  def _pillow_rows_usable(self) -> bool:
-    if self._pillow_rows_ok is None:
-      with self._pillow_check_lock:
-        if self._pillow_rows_ok is None:
-          self._pillow_rows_ok = _pillow_rows_work(self)
-    return self._pillow_rows_ok
 
   def _decompressor(self):
     decompressor = getattr(self._local, 'decompressor', None)
@@ -196,68 +181,27 @@ class _FastDecoder:
     raw = self._inflate_native(stream, width, height, channels, slot)
     return None if raw is None else (raw, width, height, channels)
 
-  def decode(self, data: bytes, out: Optional[np.ndarray] = None, native=None,
-             checking_pillow: bool = False) -> Optional[np.ndarray]:
+  def decode(self, data: bytes, out: Optional[np.ndarray] = None,
+             native=_ACTIVE_EXTENSION) -> Optional[np.ndarray]:
     """uint32 [H, W] ids (in `out` if given), or None if the generic path is needed.
 
-    `native`: the `_pqfast` module to unfilter with, or None for Pillow;
-    `checking_pillow`: used by the Pillow path's self-check only.
+    `native`: the `_pqfast` module to unfilter with (default: `native_module()`);
+    None always defers to the generic path.
     """
+    if native is _ACTIVE_EXTENSION:
+      native = native_module()
+    if native is None:
+      return None
     parsed = self._parse(data)
-    if parsed is None:
+    if parsed is None or parsed[2] not in _NATIVE_CHANNELS:
       return None
     width, height, color_type, stream = parsed
-    if native is not None and color_type in _NATIVE_CHANNELS:
-      channels = _NATIVE_CHANNELS[color_type]
-      raw = self._inflate_native(stream, width, height, channels, 'scratch')
-      if raw is None:
-        return None
-      ids = _output(out, height, width)
-      native.unfilter_ids(raw, width, height, channels, ids)
-      return ids
-    if not (color_type == _RGB_COLOR_TYPE and self._lib is not None and
-            (checking_pillow or self._pillow_rows_usable())):
+    channels = _NATIVE_CHANNELS[color_type]
+    raw = self._inflate_native(stream, width, height, channels, 'scratch')
+    if raw is None:
       return None
-    raw_size = height * (1 + 3 * width)
-    if raw_size > MAX_DEFLATE_RATIO * len(stream) + 1024:
-      return None
-    # Re-wrap the inflated rows as a zlib stream of stored blocks (2 header
-    # bytes, then per block a 5-byte header and up to 65535 bytes), built with
-    # one strided numpy copy, so Pillow is called once and only unfilters.
-    num_blocks = -(-raw_size // _STORED_BLOCK_MAX)
-    stream_size = 2 + num_blocks * (5 + _STORED_BLOCK_MAX)
-    buffer = self._scratch(stream_size + raw_size)
-    raw = buffer[stream_size:]
-    if not self._inflate(stream, raw):
-      return None
-    stored = buffer[:stream_size]
-    stored[:2] = np.frombuffer(_ZLIB_HEADER, np.uint8)
-    blocks = stored[2:].reshape(num_blocks, 5 + _STORED_BLOCK_MAX)
-    full_blocks = raw_size // _STORED_BLOCK_MAX
-    blocks[:full_blocks, 5:] = raw[:full_blocks * _STORED_BLOCK_MAX].reshape(
-        full_blocks, _STORED_BLOCK_MAX)
-    blocks[:, :5] = np.frombuffer(struct.pack('<BHH', 0, _STORED_BLOCK_MAX,
-                                              _STORED_BLOCK_MAX ^ 0xFFFF), np.uint8)
-    tail = raw_size - full_blocks * _STORED_BLOCK_MAX
-    if tail:
-      blocks[full_blocks, 5:5 + tail] = raw[full_blocks * _STORED_BLOCK_MAX:]
-      blocks[full_blocks, :5] = np.frombuffer(struct.pack('<BHH', 1, tail, tail ^ 0xFFFF),
-                                              np.uint8)
-    else:
-      blocks[full_blocks - 1, 0] = 1  # BFINAL on the last full block.
-    used = 2 + full_blocks * (5 + _STORED_BLOCK_MAX) + (5 + tail if tail else 0)
     ids = _output(out, height, width)
-    # Pillow shares memory with `ids` for RGBX images; its PNG row decoder
-    # writes R, G, B, X per pixel; the mask below drops X.
-    pil_image = _pil_image()
-    image = pil_image.frombuffer('RGBX', (width, height), ids, 'raw', 'RGBX', 0, 1)
-    decoder = pil_image._getdecoder('RGBX', 'zip', ('RGB',))  # pylint: disable=protected-access
-    decoder.setimage(image.im, (0, 0, width, height))
-    status, _ = decoder.decode(memoryview(stored)[:used])
-    decoder.cleanup()
-    if status != -1:  # -1: all rows decoded.
-      return None
-    np.bitwise_and(ids, 0xFFFFFF, out=ids)
+    native.unfilter_ids(raw, width, height, channels, ids)
     return ids
 
   def _inflate(self, stream: bytes, raw: np.ndarray) -> bool:
@@ -280,24 +224,9 @@ def _output(out: Optional[np.ndarray], height: int, width: int) -> np.ndarray:
 
 
 def _make_fast_decoder() -> Optional[_FastDecoder]:
-  lib = _load_libdeflate()
-  if lib is None:
-    # The C extension still unfilters; zlib inflates.
-    return _FastDecoder(None) if _pqfast is not None else None
-  return _FastDecoder(lib)
-
-
-def _pillow_rows_work(decoder: _FastDecoder) -> bool:
-  """Self-check of the Pillow row path on a small image using every PNG filter type."""
-  try:
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 1 << 24, size=(7, 5)).astype(np.uint32)
-    ids[3:] = ids[3]
-    decoded = decoder.decode(encode_ids_to_png_bytes(ids), native=None, checking_pillow=True)
-    return decoded is not None and np.array_equal(decoded, ids)
-  except Exception:  # pylint: disable=broad-except
-    # Pillow internals differ: use the generic path.
-    return False
+  if _pqfast is None:
+    return None
+  return _FastDecoder(_load_libdeflate())  # Without libdeflate, zlib inflates.
 
 
 _fast_decoder = None
@@ -305,17 +234,17 @@ _fast_decoder_ready = False
 
 
 def fast_decoding_available() -> bool:
-  """True if a fast path (libdeflate and/or the C extension) is in use in this process."""
-  _get_fast_decoder()
-  return _fast_decoder is not None
+  """True if the fast path (the C extension, with libdeflate or zlib) is in use now."""
+  return _get_fast_decoder() is not None
 
 
 def _get_fast_decoder() -> Optional[_FastDecoder]:
+  """The process's decoder, or None while the C extension is unavailable or disabled."""
   global _fast_decoder, _fast_decoder_ready
   if not _fast_decoder_ready:
     _fast_decoder = _make_fast_decoder()
     _fast_decoder_ready = True
-  return _fast_decoder
+  return _fast_decoder if native_module() is not None else None
 
 
 def inflate_for_native(data: bytes, slot: str):
@@ -335,32 +264,6 @@ def inflate_for_native(data: bytes, slot: str):
   if decoder is None or native_module() is None:
     return None
   return decoder.inflate_for_native(data, slot)
-
-
-def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
-  """rgb: uint8 [H, W, 3] (or [H, W] already ids) -> uint32 [H, W] ids."""
-  rgb = np.asarray(rgb)
-  if rgb.ndim == 2:
-    return rgb.astype(np.uint32)
-  rgb = rgb.astype(np.uint32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-  """ids: integer [H, W] in [0, 2**24) -> uint8 [H, W, 3] (R + 256 G + 256**2 B)."""
-  ids = np.asarray(ids)
-  if ids.size and (ids.min() < 0 or ids.max() >= (1 << 24)):
-    raise ValueError(f'Segment ids must be in [0, 2**24), got range [{ids.min()}, {ids.max()}].')
-  ids = ids.astype(np.uint32)
-  return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
-
-
-def encode_ids_to_png_bytes(ids: np.ndarray) -> bytes:
-  """ids: integer [H, W] -> bytes of an RGB PNG in COCO panoptic encoding."""
-  import io  # pylint: disable=g-import-not-at-top
-  buffer = io.BytesIO()
-  _pil_image().fromarray(ids_to_rgb(ids), mode='RGB').save(buffer, format='PNG')
-  return buffer.getvalue()
 
 
 def decode_panoptic_png(source: Union[str, bytes, os.PathLike],
@@ -383,13 +286,19 @@ def decode_panoptic_png(source: Union[str, bytes, os.PathLike],
       data = f.read()
   decoder = _get_fast_decoder()
   if decoder is not None:
-    ids = decoder.decode(data, out, native_module())
+    ids = decoder.decode(data, out)
     if ids is not None:
       return ids
-  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # (the C extension path never needs Pillow)
   try:
-    with _pil_image().open(io.BytesIO(data)) as image:
-      ids = rgb_to_ids(np.array(image, dtype=np.uint32))
+    with Image.open(io.BytesIO(data)) as image:
+      if image.mode == 'RGB':
+        # Packed as RGBX, a pixel is the little-endian uint32 id + 2**24 * X.
+        packed = np.frombuffer(image.tobytes('raw', 'RGBX'), '<u4')
+        ids = _output(out, image.height, image.width)
+        np.bitwise_and(packed.reshape(ids.shape), 0xFFFFFF, out=ids)
+        return ids
+      ids = panoptic_rgb.rgb_to_ids(np.array(image, dtype=np.uint32), np.uint32)
   except OSError as error:  # PIL's UnidentifiedImageError, truncated data, ...
     # PIL names its in-memory buffer; name the file (or the data) instead.
     what = os.fspath(source) if not isinstance(source, (bytes, bytearray, memoryview)) else (

@@ -25,7 +25,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kmax_tf import file_io
-from kmax_tf.evaluation import panoptic_png
+from kmax_tf import panoptic_rgb
 
 COCO = 'coco'
 CITYSCAPES = 'cityscapes'
@@ -149,7 +149,7 @@ class PanopticSubmissionWriter:
     segment_ids = np.zeros(len(labels), np.int64)
     segments_info = []
     rank = {}
-    for k, (label, class_id) in enumerate(zip(labels.tolist(), classes.tolist())):
+    for k, class_id in enumerate(classes.tolist()):
       if class_id == self.ignore_label:
         continue
       category_id = self.category_ids[class_id]
@@ -178,7 +178,7 @@ class PanopticSubmissionWriter:
     ids = segment_ids[inverse]
     file_name = stem + '.png' if self.output_format == COCO else f'{image_id}.png'
     file_io.write_bytes_atomic(os.path.join(self.png_folder, file_name),
-                               png_bytes(panoptic_png.ids_to_rgb(ids)), overwrite=self.overwrite)
+                               panoptic_rgb.encode_png(ids), overwrite=self.overwrite)
     annotation = {'image_id': image_id, 'file_name': file_name, 'segments_info': segments_info}
     self._annotations.append(annotation)
     self._image_ids.add(image_id)

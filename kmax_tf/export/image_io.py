@@ -41,7 +41,7 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
   Raises:
     ImageReadError: missing file, not an image, truncated or too large.
   """
-  import tensorflow as tf  # noqa: PLC0415  (tf.io.gfile: the file may be on gs:// or ram://)
+  import tensorflow as tf  # tf.io.gfile: the file may be on gs:// or ram://
   path = os.fspath(path)
   if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
     raise ImageReadError(f'{path}: no such file.')

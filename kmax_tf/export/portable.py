@@ -98,7 +98,7 @@ def portable_function(module: serving.PanopticServingModule):
   def run(images):
     raw_size = tf.shape(images)[1:3]
     padded = tf.reshape(preprocessing.preprocess_image(images[0], spec), [1, crop_h, crop_w, 3])
-    maps = module._predict_crops(padded)  # pylint: disable=protected-access
+    maps = module._predict_crops(padded)
     resized = preprocessing.resized_size(raw_size, spec)
     outputs = {}
     for key, value in maps.items():
@@ -130,8 +130,8 @@ def convert_tflite(module: serving.PanopticServingModule, quantization: str = 'n
 
 def add_tflite_metadata(model: bytes, metadata: Dict[str, Any]) -> bytes:
   """`model` with `metadata` (JSON) as the flatbuffer metadata entry `kmax_metadata`."""
-  from tensorflow.lite.python import schema_py_generated as schema_fb  # pylint: disable=g-direct-tensorflow-import
-  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-direct-tensorflow-import
+  from tensorflow.lite.python import schema_py_generated as schema_fb
+  from tensorflow.lite.tools import flatbuffer_utils
   model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
   buffer = schema_fb.BufferT()
   buffer.data = np.frombuffer(json.dumps(metadata).encode('utf-8'), np.uint8)
@@ -155,7 +155,7 @@ def read_tflite_metadata(model: bytes) -> Optional[Dict[str, Any]]:
   return None
 
 
-def _erfc_as_one_minus_erf(ctx, node, name, args):  # pylint: disable=unused-argument
+def _erfc_as_one_minus_erf(ctx, node, name, args):
   """tf2onnx handler: Erfc(x) -> 1 - Erf(x) (ONNX has Erf only)."""
   from tf2onnx import utils as onnx_utils
   dtype = onnx_utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
@@ -165,7 +165,7 @@ def _erfc_as_one_minus_erf(ctx, node, name, args):  # pylint: disable=unused-arg
   ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
-def _resize_by_sizes(ctx, node, name, args):  # pylint: disable=unused-argument
+def _resize_by_sizes(ctx, node, name, args):
   """tf2onnx handler: ResizeBilinear / ResizeNearestNeighbor with an ONNX `sizes` input.
 
   For a constant output size tf2onnx's own handler passes float `scales`
@@ -179,7 +179,7 @@ def _resize_by_sizes(ctx, node, name, args):  # pylint: disable=unused-argument
   onnx_nn.Resize.version_11(ctx, node)
 
 
-def _unsorted_segment_sum_by_scatter(ctx, node, name, args):  # pylint: disable=unused-argument
+def _unsorted_segment_sum_by_scatter(ctx, node, name, args):
   """tf2onnx handler: UnsortedSegmentSum as an ONNX ScatterElements with reduction 'add'.
 
   (tf2onnx's own handler emits a SegmentSum op that ONNX does not define.)
@@ -210,7 +210,7 @@ def _unsorted_segment_sum_by_scatter(ctx, node, name, args):  # pylint: disable=
 
 def _import_tf2onnx():
   try:
-    import tf2onnx  # pylint: disable=g-import-not-at-top
+    import tf2onnx
   except ImportError:
     raise ValueError("ONNX export needs tf2onnx and onnx: pip install -e '.[onnx]'") from None
   return tf2onnx

@@ -208,7 +208,7 @@ class Predictor:
 
     `config` replaces the registry's config file; see `kmax_tf.pretrained`.
     """
-    from kmax_tf import pretrained  # noqa: PLC0415
+    from kmax_tf import pretrained
     options, checkpoint = pretrained.inference_inputs(name, overrides, config=config)
     predictor = cls.from_checkpoint(options, checkpoint)
     predictor.source = f'pretrained:{name} ({checkpoint})'

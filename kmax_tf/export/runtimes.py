@@ -88,7 +88,7 @@ def _single_image(images) -> np.ndarray:
 
 def load_tflite(path, num_threads: Optional[int] = None) -> Tuple[ServeFn, Dict[str, Any], str]:
   """(serve function, metadata, model file) of a LiteRT export, run by ai-edge-litert."""
-  from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
+  from ai_edge_litert import interpreter as litert
   file_path = find_model_file(path, portable.FORMAT_TFLITE)
   with tf.io.gfile.GFile(file_path, 'rb') as f:
     model = f.read()
@@ -109,7 +109,7 @@ def load_tflite(path, num_threads: Optional[int] = None) -> Tuple[ServeFn, Dict[
 def load_onnx(path, num_threads: Optional[int] = None) -> Tuple[ServeFn, Dict[str, Any], str]:
   """(serve function, metadata, model file) of an ONNX export, run by ONNX Runtime (CPU)."""
   try:
-    import onnxruntime  # pylint: disable=g-import-not-at-top
+    import onnxruntime
   except ImportError:
     raise ValueError("Running ONNX models needs onnxruntime: pip install -e '.[onnx]'") from None
   file_path = find_model_file(path, portable.FORMAT_ONNX)

@@ -48,8 +48,8 @@ import re
 import uuid
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-from absl import logging
 import tensorflow as tf
+from absl import logging
 
 import kmax_tf
 from kmax_tf import common

@@ -14,7 +14,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
-from kmax_tf.training import visualization as training_visualization
+from kmax_tf import coloring
 
 BOUNDARY_COLOR = (255, 255, 255)
 _LEGEND_BACKGROUND = (255, 255, 255)
@@ -122,7 +122,7 @@ def overlay_panoptic(image: np.ndarray, panoptic: np.ndarray, *,
                      f'{panoptic.shape}.')
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f'alpha must be in [0, 1], got {alpha}.')
-  colors = training_visualization.colorize_panoptic(panoptic, colormap, label_divisor,
+  colors = coloring.colorize_panoptic(panoptic, colormap, label_divisor,
                                                     ignore_label).astype(np.float32)
   classes = np.asarray(panoptic, np.int64) // label_divisor
   colored = (classes != ignore_label)[..., None]

@@ -14,11 +14,11 @@ from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
+from kmax_tf import backend
 from kmax_tf.keras_setup import keras
 from kmax_tf.layers import activations
 from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import fused_inference
-from kmax_tf.layers import xla_context
 
 NormLayerFn = Callable[..., keras.layers.Layer]
 
@@ -43,14 +43,14 @@ def kernel_regularizer(weight_decay: float):
 
 def _batch_norm_and_activation(layer: keras.layers.Layer, x: tf.Tensor, training) -> tf.Tensor:
   """The optional `_batch_norm` then `_activation_fn` of a conv wrapper, fused when possible."""
-  if layer._use_bn:  # pylint: disable=protected-access
+  if layer._use_bn:
     fused = fused_inference.batch_norm_activation(
-        x, layer._batch_norm, training, layer._activation)  # pylint: disable=protected-access
+        x, layer._batch_norm, training, layer._activation)
     if fused is not None:
       return fused
-    x = layer._batch_norm(x, training=training)  # pylint: disable=protected-access
-  if layer._activation_fn is not None:  # pylint: disable=protected-access
-    x = layer._activation_fn(x)  # pylint: disable=protected-access
+    x = layer._batch_norm(x, training=training)
+  if layer._activation_fn is not None:
+    x = layer._activation_fn(x)
   return x
 
 
@@ -207,11 +207,11 @@ class DepthwiseConv2DSame(keras.layers.Layer):
     """Depthwise convolution of x: float [B, H, W, C] with the Keras layer's weights."""
     layer = self._depthwise_conv
     kernel = tf.cast(layer.depthwise_kernel, x.dtype)
-    if xla_context.in_xla_context():
+    formulation = backend.depthwise_kernel(training, layer.dilation_rate)
+    if formulation == backend.DEPTHWISE_BY_SHIFTED_SUMS:
       x = _depthwise_by_shifted_sums(x, kernel, layer.strides[0], layer.dilation_rate[0],
                                      layer.padding)
-    elif ((training is None or training is False) and tuple(layer.dilation_rate) == (1, 1)
-          and xla_context.onednn_enabled()):
+    elif formulation == backend.DEPTHWISE_BY_GROUPED_CONV:
       # A grouped convolution (one group per channel) gives the same values as
       # DepthwiseConv2dNative, bit for bit (undilated), and runs 1.3-2x faster
       # with oneDNN (without it, CPU TensorFlow has no grouped-conv gradients).

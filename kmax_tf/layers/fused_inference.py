@@ -22,16 +22,17 @@ whose Keras form is five TensorFlow ops).
 
 Only used in inference (training keeps the plain Keras path, whose statistics
 and gradients it needs) and outside XLA (inside an XLA function everything is
-fused anyway); the XLA kernel only for large tensors.
+fused anyway); the XLA kernel only for large tensors. These conditions are
+asked of `kmax_tf.backend`, which lists every such kernel choice.
 """
 
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from kmax_tf import backend
 from kmax_tf.keras_setup import keras
 from kmax_tf.layers import activations
-from kmax_tf.layers import xla_context
 
 # Below this many elements the XLA launch costs more than the fusion saves.
 MIN_FUSED_ELEMENTS = 1 << 17
@@ -46,18 +47,9 @@ _FUSED_BATCH_NORM_MIN_EPSILON = 1.001e-5
 _functions: Dict[Tuple[str, str], Callable] = {}
 
 
-def _is_inference(training) -> bool:
-  return training is None or training is False
-
-
-def inference_outside_xla(training) -> bool:
-  """True when the inference-only rewrites apply: not training, not traced for XLA."""
-  return _is_inference(training) and not xla_context.in_xla_context()
-
-
 def _applicable(training, activation: Optional[str]) -> bool:
   """Inference outside XLA, with an activation the rewrites keep exact."""
-  return (inference_outside_xla(training) and
+  return (backend.fuses_inference(training) and
           (activation or 'none').lower() in _FUSABLE_ACTIVATIONS)
 
 
@@ -77,9 +69,9 @@ def _xla_activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
 def _compiled(kind: str, activation: Optional[str]) -> Callable:
   """One XLA function per (kind, activation); each traces once per shape and dtype.
 
-  Inside `xla_context.other_runtime()` the same function, uncompiled.
+  Uncompiled where `backend.compiles_helpers()` is False (other runtimes).
   """
-  key = (kind, (activation or 'none').lower(), xla_context.in_other_runtime_context())
+  key = (kind, (activation or 'none').lower(), backend.compiles_helpers())
   if key not in _functions:
     activation_fn = _xla_activation(key[1])
     if kind == 'activation':
@@ -104,8 +96,8 @@ def _compiled(kind: str, activation: Optional[str]) -> Callable:
         normalized = tf.nn.batch_normalization(
             tf.cast(x, tf.float32), mean, variance, beta, gamma, epsilon)
         return activation_fn(tf.cast(normalized, x.dtype))
-    _functions[key] = (function if key[2] else
-                       tf.function(function, jit_compile=True, reduce_retracing=False))
+    _functions[key] = (tf.function(function, jit_compile=True, reduce_retracing=False)
+                       if key[2] else function)
   return _functions[key]
 
 
@@ -232,7 +224,7 @@ class LayerNormalization(keras.layers.LayerNormalization):
   Call: float [..., C] -> float [..., C].
   """
 
-  def call(self, inputs, training=None):  # pylint: disable=arguments-differ
+  def call(self, inputs, training=None):
     if isinstance(inputs, tf.Tensor):
       fused = layer_norm(self, tf.cast(inputs, self.compute_dtype), training)
       if fused is not None:

@@ -5,7 +5,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from kmax_tf.layers import xla_context
+from kmax_tf import backend
 
 
 def resize_bilinear(images: tf.Tensor, size: Sequence[int],
@@ -30,10 +30,9 @@ def resize_bilinear(images: tf.Tensor, size: Sequence[int],
     return images
   dtype = images.dtype
   images = tf.cast(images, tf.float32)
-  if align_corners and xla_context.in_xla_context():
+  if align_corners and backend.resize_by_gathers():
     images = bilinear_align_corners_by_gathers(images, size)
-  elif channels > 32 or not align_corners or xla_context.in_other_runtime_context():
-    # (The separable form below only speeds up TensorFlow's kernel.)
+  elif not backend.separable_resize(channels, align_corners):
     images = tf.compat.v1.image.resize_bilinear(images, size, align_corners=align_corners)
   else:
     images = tf.transpose(images, [0, 3, 1, 2])  # [B, C, H, W]

@@ -1,5 +1,7 @@
 """Which backend will run the code being traced: XLA, or TensorFlow with oneDNN.
 
+The kernel choices built on these answers are all in `kmax_tf.backend`.
+
 Some layers pick a different (numerically equivalent) formulation under XLA,
 where a few TensorFlow kernels lower to very slow code on CPU, or with oneDNN,
 which has faster kernels for some of them; graphs exported to other runtimes
@@ -10,9 +12,12 @@ import contextlib
 import threading
 
 import tensorflow as tf
-# No public API tells whether a trace is inside `tf.function(jit_compile=True)`.
-from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
-from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-direct-tensorflow-import
+
+# Private TensorFlow modules: no public API tells whether a trace is inside
+# `tf.function(jit_compile=True)` or whether oneDNN kernels run. Only this file
+# uses them; tests/layers/test_backend.py fails if a TensorFlow upgrade moves them.
+from tensorflow.python.ops import control_flow_util
+from tensorflow.python.util import _pywrap_util_port
 
 
 def in_xla_context() -> bool:

@@ -48,10 +48,15 @@ _RESNET_SCALING_FIELDS = ('backbone_width_multiplier', 'backbone_layer_multiplie
 
 
 # `model_options.backbone.name` -> builder(drop_path_keep_prob, bn_layer,
-# input_shape, pretrained_weights_path).
-PIXEL_ENCODER_BUILDERS: Dict[str, Callable[..., keras.Model]] = {
+# input_shape, pretrained_weights_path[, scaling]). The ResNet encoders also take
+# the backbone's width / layer / stem multipliers (`scaling`).
+_SCALABLE_ENCODER_BUILDERS: Dict[str, Callable[..., keras.Model]] = {
     'kmax_resnet50': _resnet_builder(axial_resnet.kmax_resnet50),
     'kmax_axial_resnet50': _resnet_builder(axial_resnet.kmax_axial_resnet50),
+}
+# The kMaX pixel encoders (DeepLab2 names); config validation reads this list.
+PIXEL_ENCODER_BUILDERS: Dict[str, Callable[..., keras.Model]] = {
+    **_SCALABLE_ENCODER_BUILDERS,
     'kmax_convnext_tiny': _convnext_builder('tiny'),
     'kmax_convnext_small': _convnext_builder('small'),
     'kmax_convnext_base': _convnext_builder('base'),
@@ -129,7 +134,7 @@ def _build_pixel_encoder(config, bn_layer, input_shape):
              if getattr(backbone, field) != 1.0}
   kwargs = {}
   if scaling:
-    if 'resnet' not in backbone.name:
+    if backbone.name not in _SCALABLE_ENCODER_BUILDERS:
       raise ValueError(f'model_options.backbone.{", ".join(sorted(scaling))} must be 1.0 for '
                        f'{backbone.name!r} (only the ResNet encoders are scalable)')
     kwargs['scaling'] = scaling

@@ -27,9 +27,9 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Mapping, Tuple
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from kmax_tf import common
 from kmax_tf.keras_setup import keras
@@ -103,7 +103,7 @@ def resolve_checkpoint_path(path) -> str:
   Raises:
     ValueError: the path does not exist or is not a TensorFlow checkpoint.
   """
-  from kmax_tf import pretrained  # noqa: PLC0415
+  from kmax_tf import pretrained
   path = pretrained.resolve_reference(os.fspath(path))
   if not path:
     raise ValueError('Checkpoint path is empty.')

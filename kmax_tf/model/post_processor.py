@@ -26,16 +26,18 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from kmax_tf import backend
 from kmax_tf import common
 from kmax_tf.keras_setup import keras
 from kmax_tf.layers import resize
-from kmax_tf.layers import xla_context
 
 # DeepLab2 pushes the logits of filtered slots down by this constant.
 _FILTERED_SLOT_LOGIT = -99999.0
 
 PIXELWISE = 'pixelwise'
 MASKWISE = 'maskwise'
+# `evaluator_options.transformer_post_processing` choices; config validation reads this.
+POST_PROCESSING_MODES = (PIXELWISE, MASKWISE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +81,7 @@ class PostProcessingOptions:
   reorder_mask_weight: float = 0.0
 
   def __post_init__(self):
-    if self.transformer_post_processing not in (PIXELWISE, MASKWISE):
+    if self.transformer_post_processing not in POST_PROCESSING_MODES:
       raise ValueError(
           'evaluator_options.transformer_post_processing must be '
           f"'{PIXELWISE}' or '{MASKWISE}', got {self.transformer_post_processing!r}")
@@ -150,7 +152,7 @@ def thing_stuff_class_ids(num_non_void_classes: int, thing_class_ids: Sequence[i
 def resize_align_corners(images: tf.Tensor, size) -> tf.Tensor:
   """Bilinear resize with aligned corners. images: float [B, h, w, C]."""
   static_size = isinstance(size, (list, tuple)) and all(isinstance(v, int) for v in size)
-  if static_size and xla_context.in_xla_context():
+  if static_size and backend.resize_by_gathers():
     return resize.bilinear_align_corners_by_gathers(tf.cast(images, tf.float32), size)
   return tf.compat.v1.image.resize_bilinear(images, size, align_corners=True)
 
@@ -483,7 +485,7 @@ def panoptic_predictions(pixel_space_mask_logits: tf.Tensor,
 
   full_logits = resize_align_corners(mask_logits, output_size)
   maps_function = _maps_from_logits
-  if not xla_context.in_xla_context() and not xla_context.in_other_runtime_context():
+  if backend.compiles_post_processing_maps():
     # The rest is elementwise work and reductions on [B, H, W, N] and
     # [B, H, W] tensors: one XLA kernel reads the logits a few times instead of
     # a dozen TensorFlow ops each streaming them through memory (the resize
@@ -542,8 +544,8 @@ class KMaXPostProcessor(keras.layers.Layer):
     if isinstance(output_size, (list, tuple)):
       output_size = tuple(int(v) for v in output_size)
     # Inlined for other runtimes: tf2onnx cannot convert nested function calls.
-    function = (panoptic_predictions if xla_context.in_other_runtime_context()
-                else _panoptic_predictions_function)
+    function = (_panoptic_predictions_function if backend.compiles_helpers()
+                else panoptic_predictions)
     return function(
         result_dict[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY],
         result_dict[common.PRED_TRANSFORMER_CLASS_LOGITS_KEY], self._options,

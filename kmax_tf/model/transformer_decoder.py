@@ -25,6 +25,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from kmax_tf import backend
 from kmax_tf import common
 from kmax_tf.keras_setup import keras
 from kmax_tf.layers import activations
@@ -32,7 +33,6 @@ from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import convolutions
 from kmax_tf.layers import drop_path
 from kmax_tf.layers import fused_inference
-from kmax_tf.layers import xla_context
 
 NormLayerFn = Callable[..., keras.layers.Layer]
 
@@ -221,7 +221,7 @@ class KMaXTransformerLayer(keras.layers.Layer):
     step is one kernel launch. Used once the layer is built (by the caller:
     in inference outside XLA).
     """
-    if not self._memory_ffn_conv2_bn.built or xla_context.in_other_runtime_context():
+    if not self._memory_ffn_conv2_bn.built or not backend.compiles_helpers():
       return None
     if self._compiled_center_steps is None:
       # Partials, not lambdas: TensorFlow counts retracing per code object, and
@@ -239,8 +239,7 @@ class KMaXTransformerLayer(keras.layers.Layer):
     _, height, width, pixel_channels = pixel_feature.shape.as_list()
     num_slots = centers.shape[1]
     pixels = tf.reshape(pixel_feature, [-1, height * width, pixel_channels])
-    compiled = (self._inference_functions() if fused_inference.inference_outside_xla(training)
-                else None)
+    compiled = self._inference_functions() if backend.fuses_inference(training) else None
     center_projections, center_update = compiled or (
         lambda c: self._center_projections(c, training),
         lambda *args: self._center_update(*args, training))

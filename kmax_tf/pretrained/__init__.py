@@ -15,9 +15,15 @@ manages the cache from the shell. The registry is `registry.json` (see
 
 from typing import Optional, Sequence, Tuple
 
-from kmax_tf.pretrained.cache import CachedModel, cache_root, cached_model
-from kmax_tf.pretrained.registry import (KIND_KMAX, REFERENCE_PREFIX,
-                                         ModelEntry, PretrainedError, get_model, list_models)
+from kmax_tf.pretrained.cache import CachedModel
+from kmax_tf.pretrained.cache import cache_root
+from kmax_tf.pretrained.cache import cached_model
+from kmax_tf.pretrained.registry import KIND_KMAX
+from kmax_tf.pretrained.registry import REFERENCE_PREFIX
+from kmax_tf.pretrained.registry import ModelEntry
+from kmax_tf.pretrained.registry import PretrainedError
+from kmax_tf.pretrained.registry import get_model
+from kmax_tf.pretrained.registry import list_models
 
 __all__ = [
     'CachedModel', 'ModelEntry', 'PretrainedError', 'REFERENCE_PREFIX', 'cache_root',
@@ -29,7 +35,7 @@ __all__ = [
 
 def download(name: str, progress: bool = True) -> CachedModel:
   """Makes sure `name` is in the cache (downloading it if needed); returns it."""
-  from kmax_tf.pretrained import cache  # noqa: PLC0415
+  from kmax_tf.pretrained import cache
   return cache.ensure_cached(get_model(name), progress=progress)
 
 
@@ -81,7 +87,7 @@ def load_config(name: str, overrides: Sequence[str] = (), config=None, substitut
       registry's.
     substitutions: {NAME: value} for `${NAME}` placeholders.
   """
-  from kmax_tf.export import serving  # noqa: PLC0415  (TensorFlow)
+  from kmax_tf.export import serving  # (TensorFlow)
   entry = get_model(name)
   source = _config_file(entry) if config is None else config
   options = serving.load_experiment_config(
@@ -124,7 +130,7 @@ def load_pretrained(model, name: str, *, skip_semantic_last_layer: bool = False,
   Returns:
     The RestoreSummary of `kmax_tf.load_deeplab2_checkpoint`.
   """
-  from kmax_tf.model import checkpoint_loading  # noqa: PLC0415  (TensorFlow)
+  from kmax_tf.model import checkpoint_loading  # (TensorFlow)
   entry = get_model(name)
   return checkpoint_loading.load_deeplab2_checkpoint(
       model, checkpoint_path(name, progress=progress), kind=entry.restore,

@@ -34,7 +34,8 @@ from absl import logging
 
 from kmax_tf.pretrained import archive as archive_lib
 from kmax_tf.pretrained import download
-from kmax_tf.pretrained.registry import ModelEntry, PretrainedError
+from kmax_tf.pretrained.registry import ModelEntry
+from kmax_tf.pretrained.registry import PretrainedError
 
 HOME_ENV = 'KMAX_TF_HOME'
 OFFLINE_ENV = 'KMAX_TF_OFFLINE'
@@ -119,7 +120,7 @@ def _locked(path: str) -> Iterator[None]:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'a+b') as handle:
     try:
-      import fcntl  # noqa: PLC0415  (POSIX only)
+      import fcntl  # (POSIX only)
     except ImportError:  # pragma: no cover
       yield
       return

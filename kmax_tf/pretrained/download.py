@@ -57,7 +57,7 @@ class _Progress:
     if not enabled:
       return
     try:
-      import tqdm  # noqa: PLC0415  (optional)
+      import tqdm  # (optional)
       self._bar = tqdm.tqdm(total=total, initial=initial, unit='B', unit_scale=True,
                             unit_divisor=1024, desc=label, file=sys.stderr, leave=False)
     except ImportError:
@@ -151,7 +151,7 @@ def _stream_attempt(url: str, part_path: str, progress: _Progress) -> Optional[i
   if url.startswith('file://'):
     url = urllib.parse.unquote(urllib.parse.urlparse(url).path)
   if '://' in url:
-    import tensorflow as tf  # noqa: PLC0415  (gs:// and friends only)
+    import tensorflow as tf  # (gs:// and friends only)
     try:
       total = tf.io.gfile.stat(url).length
     except tf.errors.OpError as error:

@@ -75,7 +75,7 @@ def initial_checkpoint_items(model_items: Mapping[str, object], model_options) -
 
 def resolve_checkpoint_path(path: str) -> str:
   """A checkpoint prefix from a prefix, a directory or 'pretrained:NAME'; clear error if none."""
-  from kmax_tf import pretrained  # noqa: PLC0415
+  from kmax_tf import pretrained
   path = pretrained.resolve_reference(path)  # Downloads a registered model on first use.
   if tf.io.gfile.isdir(path) and not tf.io.gfile.exists(path + '.index'):
     latest = tf.train.latest_checkpoint(path)
@@ -101,7 +101,7 @@ def make_initial_checkpoint_fn(path: str, model, model_items, model_options) -> 
     resolved = resolve_checkpoint_path(path)
     logging.info('Initializing from initial_checkpoint %s', resolved)
     try:
-      from kmax_tf.model import checkpoint_loading  # noqa: PLC0415  (optional dependency)
+      from kmax_tf.model import checkpoint_loading  # (optional dependency)
     except ImportError:
       checkpoint_loading = None
     if checkpoint_loading is not None and hasattr(checkpoint_loading, 'load_deeplab2_checkpoint'):

@@ -1,10 +1,17 @@
-"""Creates the tf.distribute strategy: DeepLab2's choice plus an explicit --strategy."""
+"""Creates the tf.distribute strategy: DeepLab2's choice plus an explicit --strategy.
+
+TensorFlow is imported by the functions, so the trainer's flags can read
+`SUPPORTED_STRATEGIES` without loading it.
+"""
+
+from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import tensorflow as tf
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 ONE_DEVICE = 'one_device'
 MIRRORED = 'mirrored'
@@ -14,6 +21,7 @@ SUPPORTED_STRATEGIES = ('', ONE_DEVICE, MIRRORED, MULTI_WORKER_MIRRORED, TPU)
 
 
 def _tpu_strategy(master: Optional[str]) -> tf.distribute.Strategy:
+  import tensorflow as tf  # (see the module docstring)
   resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=master or '')
   if master not in (None, '', 'local'):
     tf.config.experimental_connect_to_cluster(resolver)
@@ -22,6 +30,7 @@ def _tpu_strategy(master: Optional[str]) -> tf.distribute.Strategy:
 
 
 def _local_devices(num_gpus: int):
+  import tensorflow as tf
   if num_gpus < 0:
     raise ValueError(f'--num_gpus must not be negative, got {num_gpus}.')
   if num_gpus == 0:
@@ -51,6 +60,7 @@ def create_strategy(strategy: str = '', master: Optional[str] = None,
   if strategy not in SUPPORTED_STRATEGIES:
     raise ValueError(f'--strategy={strategy!r} is not supported; use one of '
                      f'{SUPPORTED_STRATEGIES[1:]}.')
+  import tensorflow as tf
   if strategy == TPU or (not strategy and master is not None):
     return _tpu_strategy(master)
   if strategy == MULTI_WORKER_MIRRORED:

@@ -27,7 +27,8 @@ from absl import logging
 
 from kmax_tf import common
 from kmax_tf.data import preprocessing
-from kmax_tf.training import prediction_saving, visualization
+from kmax_tf.training import prediction_saving
+from kmax_tf.training import visualization
 
 MAX_VIS_SAMPLES = 4
 _VIS_KEY = 'visualization'
@@ -60,9 +61,11 @@ class Evaluator(orbit.StandardEvaluator):
         is_crowd_raw).
       descriptor: DatasetDescriptor; default from eval_dataset_options.
     """
-    from kmax_tf.evaluation import mask_ap, mean_iou, panoptic_quality_metric  # noqa: PLC0415
+    from kmax_tf.evaluation import mask_ap
+    from kmax_tf.evaluation import mean_iou
+    from kmax_tf.evaluation import panoptic_quality_metric
     if descriptor is None:
-      from kmax_tf.data import dataset_descriptors  # noqa: PLC0415
+      from kmax_tf.data import dataset_descriptors
       descriptor = dataset_descriptors.descriptor_from_options(config.eval_dataset_options)
     self._strategy = tf.distribute.get_strategy()
     options = config.evaluator_options

@@ -10,7 +10,6 @@ from kmax_tf.keras_setup import keras
 
 POLY = 'poly'
 COSINE = 'cosine'
-SUPPORTED_POLICIES = (POLY, COSINE)
 
 
 class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
@@ -46,6 +45,27 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     }
 
 
+def _poly_decay(solver_options, peak: float, total_steps: int):
+  return keras.optimizers.schedules.PolynomialDecay(
+      initial_learning_rate=peak,
+      decay_steps=total_steps,
+      end_learning_rate=solver_options.poly_end_learning_rate,
+      power=solver_options.poly_learning_power,
+      cycle=False)
+
+
+def _cosine_decay(solver_options, peak: float, total_steps: int):
+  del solver_options  # No policy-specific fields.
+  return keras.optimizers.schedules.CosineDecay(
+      initial_learning_rate=peak, decay_steps=total_steps, alpha=0.0)
+
+
+# `solver_options.learning_policy` -> builder(solver_options, peak, total_steps);
+# config validation reads this list.
+DECAY_SCHEDULE_BUILDERS = {POLY: _poly_decay, COSINE: _cosine_decay}
+SUPPORTED_POLICIES = tuple(DECAY_SCHEDULE_BUILDERS)
+
+
 def build_learning_rate_schedule(solver_options, multiplier: float = 1.0):
   """Returns the schedule DeepLab2 builds from `SolverOptions`.
 
@@ -68,19 +88,10 @@ def build_learning_rate_schedule(solver_options, multiplier: float = 1.0):
     raise ValueError('trainer_options.solver_options.training_number_of_steps must be positive, '
                      f'got {total_steps}.')
   policy = solver_options.learning_policy
-  if policy == POLY:
-    schedule = keras.optimizers.schedules.PolynomialDecay(
-        initial_learning_rate=peak,
-        decay_steps=total_steps,
-        end_learning_rate=solver_options.poly_end_learning_rate,
-        power=solver_options.poly_learning_power,
-        cycle=False)
-  elif policy == COSINE:
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=peak, decay_steps=total_steps, alpha=0.0)
-  else:
+  if policy not in DECAY_SCHEDULE_BUILDERS:
     raise ValueError(f'trainer_options.solver_options.learning_policy={policy!r} is not '
                      f'supported; use one of {SUPPORTED_POLICIES}.')
+  schedule = DECAY_SCHEDULE_BUILDERS[policy](solver_options, peak, total_steps)
   if solver_options.warmup_steps:
     schedule = LinearWarmup(peak, schedule, solver_options.warmup_steps)
   return schedule

@@ -23,7 +23,6 @@ from kmax_tf.training import learning_rate
 ADAM = 'adam'
 ADAMW = 'adamw'
 SGD = 'sgd'
-SUPPORTED_OPTIMIZERS = (ADAM, ADAMW, SGD)
 SGD_MOMENTUM = 0.9
 
 # Variable names (as `tf.Variable.name`) that get decoupled weight decay.
@@ -69,6 +68,18 @@ class AdamWeightDecay(keras.optimizers.legacy.Adam):
     return config
 
 
+# `solver_options.optimizer` -> builder(learning-rate schedule, solver_options);
+# config validation reads this list.
+OPTIMIZER_BUILDERS = {
+    ADAM: lambda schedule, _: keras.optimizers.legacy.Adam(learning_rate=schedule),
+    ADAMW: lambda schedule, solver: AdamWeightDecay(
+        learning_rate=schedule, weight_decay_rate=solver.adamw_weight_decay),
+    SGD: lambda schedule, _: keras.optimizers.legacy.SGD(learning_rate=schedule,
+                                                          momentum=SGD_MOMENTUM),
+}
+SUPPORTED_OPTIMIZERS = tuple(OPTIMIZER_BUILDERS)
+
+
 def build_optimizer(solver_options, learning_rate_multiplier: float = 1.0):
   """Builds the optimizer DeepLab2 builds from `SolverOptions`.
 
@@ -85,15 +96,10 @@ def build_optimizer(solver_options, learning_rate_multiplier: float = 1.0):
   """
   schedule = learning_rate.build_learning_rate_schedule(solver_options, learning_rate_multiplier)
   name = solver_options.optimizer
-  if name == ADAM:
-    return keras.optimizers.legacy.Adam(learning_rate=schedule)
-  if name == SGD:
-    return keras.optimizers.legacy.SGD(learning_rate=schedule, momentum=SGD_MOMENTUM)
-  if name == ADAMW:
-    return AdamWeightDecay(learning_rate=schedule,
-                           weight_decay_rate=solver_options.adamw_weight_decay)
-  raise ValueError(f'trainer_options.solver_options.optimizer={name!r} is not supported; use '
-                   f'one of {SUPPORTED_OPTIMIZERS}.')
+  if name not in OPTIMIZER_BUILDERS:
+    raise ValueError(f'trainer_options.solver_options.optimizer={name!r} is not supported; use '
+                     f'one of {SUPPORTED_OPTIMIZERS}.')
+  return OPTIMIZER_BUILDERS[name](schedule, solver_options)
 
 
 def uses_backbone_optimizer(solver_options) -> bool:

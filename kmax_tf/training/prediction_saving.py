@@ -31,7 +31,8 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import logging
 
-from kmax_tf import common, file_io
+from kmax_tf import common
+from kmax_tf import file_io
 from kmax_tf.evaluation import prediction_writers
 from kmax_tf.training import visualization
 

@@ -30,14 +30,15 @@ import orbit
 import tensorflow as tf
 from absl import logging
 
+from kmax_tf import progress
+from kmax_tf.config import validation
 from kmax_tf.keras_setup import keras
 from kmax_tf.training import checkpointing
 from kmax_tf.training import distribution
 from kmax_tf.training import optimizer as optimizer_lib
-from kmax_tf import progress
 from kmax_tf.training import trainer as trainer_lib
 
-MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
+MODES = validation.MODES
 STOP = 'stop'
 RESTORE = 'restore'
 # Consecutive non-finite events tolerated with non_finite_loss_action='restore'.
@@ -50,18 +51,19 @@ INPUT_STATE_CHOICES = (INPUT_STATE_OFF, INPUT_STATE_REQUIRED, INPUT_STATE_IF_POS
 
 
 def _default_model_fn(config):
-  from kmax_tf.model import builder  # noqa: PLC0415  (heavy import, only when used)
+  from kmax_tf.model import builder  # heavy import, only when used
   return builder.build_model(config)
 
 
 def _default_loss_fn(config, model):
-  from kmax_tf.losses import builder  # noqa: PLC0415
+  from kmax_tf.losses import builder
   # One auxiliary loss per transformer decoder layer of this model, as DeepLab2.
   return builder.build_loss(config, num_auxiliary_outputs=model.auxiliary_output_number)
 
 
 def _default_dataset_fn(dataset_options, is_training: bool, input_context=None):
-  from kmax_tf.data import dataset_descriptors, input_pipeline  # noqa: PLC0415
+  from kmax_tf.data import dataset_descriptors
+  from kmax_tf.data import input_pipeline
   descriptor = dataset_descriptors.descriptor_from_options(dataset_options)
   return input_pipeline.build_dataset(dataset_options, descriptor, is_training=is_training,
                                       input_context=input_context)
@@ -110,7 +112,7 @@ def _check_input_state(trainer, mode: str) -> bool:
 
 
 def _default_evaluator_fn(config, model, global_step, model_dir, dataset):
-  from kmax_tf.training import evaluator  # noqa: PLC0415
+  from kmax_tf.training import evaluator
   return evaluator.Evaluator(config, model, global_step, model_dir, dataset)
 
 

@@ -132,3 +132,10 @@ def test_wrong_type_names_file_and_line(tmp_path):
 def test_missing_file_is_clear(tmp_path):
   with pytest.raises(loader.ConfigError, match='Cannot read config file .*nope.textproto'):
     kmax_tf.load_config(tmp_path / 'nope.textproto')
+
+
+def test_parse_key_value_pairs_is_the_one_substitution_parser():
+  assert loader.parse_key_value_pairs(['A=1', ' B =x=y', 'C=']) == {'A': '1', 'B': 'x=y', 'C': ''}
+  for bad in ('novalue', '=1', ' =1'):
+    with pytest.raises(loader.ConfigError, match='--substitution expects KEY=VALUE'):
+      loader.parse_key_value_pairs([bad])

@@ -7,6 +7,7 @@ import pytest
 import kmax_tf
 from kmax_tf.config import loader
 from kmax_tf.config import validation
+from kmax_tf.model import builder
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 COCO_R50 = REPO / 'configs/coco/kmax_meta_r50_os32.textproto'
@@ -21,7 +22,7 @@ def test_unknown_backbone_lists_valid_ones():
     _load(overrides=['model_options.backbone.name=kmax_resnet5O'])
   message = str(error.value)
   assert 'model_options.backbone.name' in message and "'kmax_resnet5O'" in message
-  for name in validation.KMAX_BACKBONES:
+  for name in builder.PIXEL_ENCODER_BUILDERS:
     assert name in message
 
 
@@ -104,6 +105,19 @@ def test_other_meta_architecture_rejected(tmp_path):
     kmax_tf.load_config(path)
 
 
-def test_backbone_list_matches_the_model_builders():
-  from kmax_tf.model import builder
-  assert set(validation.KMAX_BACKBONES) == set(builder.PIXEL_ENCODER_BUILDERS)
+def test_choice_lists_are_read_from_the_builders(monkeypatch):
+  """A name added to a builder mapping is valid at once (no second list to update)."""
+  from kmax_tf.model import post_processor
+  from kmax_tf.training import learning_rate
+  from kmax_tf.training import optimizer
+  overrides = ['model_options.backbone.name=kmax_test_encoder',
+               'trainer_options.solver_options.optimizer=test_optimizer',
+               'trainer_options.solver_options.learning_policy=test_policy']
+  with pytest.raises(loader.ConfigError, match='kmax_test_encoder'):
+    _load(overrides=overrides)
+  monkeypatch.setitem(builder.PIXEL_ENCODER_BUILDERS, 'kmax_test_encoder', None)
+  monkeypatch.setitem(optimizer.OPTIMIZER_BUILDERS, 'test_optimizer', None)
+  monkeypatch.setitem(learning_rate.DECAY_SCHEDULE_BUILDERS, 'test_policy', None)
+  _load(overrides=overrides)
+  assert validation.MODES == ('train', 'eval', 'train_and_eval', 'continuous_eval')
+  assert post_processor.POST_PROCESSING_MODES == ('pixelwise', 'maskwise')

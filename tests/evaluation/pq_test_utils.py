@@ -8,12 +8,12 @@ import os
 import numpy as np
 from PIL import Image
 
-from kmax_tf.evaluation import panoptic_png
+from kmax_tf import panoptic_rgb
 
 
 def panopticapi_pq(gt_json_file, pred_json_file, gt_folder, pred_folder):
   """panopticapi's pq_compute, quietly (it prints progress)."""
-  from panopticapi.evaluation import pq_compute  # pylint: disable=g-import-not-at-top
+  from panopticapi.evaluation import pq_compute
   with contextlib.redirect_stdout(io.StringIO()):
     return pq_compute(gt_json_file, pred_json_file, gt_folder, pred_folder)
 
@@ -65,7 +65,7 @@ def label_maps_to_coco(root, pairs, *, num_classes, ignore_label, label_divisor,
         category = segment_id - (1 << 23) if is_crowd else (segment_id - 1) // label_divisor
         segments.append({'id': int(segment_id), 'category_id': int(category),
                          'iscrowd': int(is_crowd), 'area': int((ids == segment_id).sum())})
-      Image.fromarray(panoptic_png.ids_to_rgb(ids)).save(os.path.join(folders[side], name))
+      Image.fromarray(panoptic_rgb.ids_to_rgb(ids)).save(os.path.join(folders[side], name))
       annotations[side].append({'image_id': index, 'file_name': name, 'segments_info': segments})
   files = {}
   for side in ('gt', 'pred'):

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kmax_tf import panoptic_rgb
 from kmax_tf.evaluation import coco_panoptic_evaluation as cpe
 from kmax_tf.evaluation import panoptic_png
-from kmax_tf.evaluation import synthetic_panoptic
 from tests.evaluation import pq_test_utils
+from tests.helpers import synthetic_panoptic
 
 
 @pytest.fixture(scope='module')
@@ -82,7 +83,7 @@ def test_fast_and_generic_png_decoding_agree(synthetic_case):
   folder = synthetic_case[1]
   for name in sorted(os.listdir(folder))[:3]:
     path = os.path.join(folder, name)
-    expected = panoptic_png.rgb_to_ids(np.array(Image.open(path), dtype=np.uint32))
+    expected = panoptic_rgb.rgb_to_ids(np.array(Image.open(path), dtype=np.uint32))
     np.testing.assert_array_equal(panoptic_png.decode_panoptic_png(path), expected)
 
 
@@ -205,7 +206,7 @@ def test_many_segments_per_image(tmp_path):
   categories = [{'id': 1, 'name': 'a', 'isthing': 1}, {'id': 2, 'name': 'b', 'isthing': 0}]
   for side, ids in (('gt', gt_ids), ('pred', pred_ids)):
     os.makedirs(tmp_path / side)
-    Image.fromarray(panoptic_png.ids_to_rgb(ids)).save(tmp_path / side / 'x.png')
+    Image.fromarray(panoptic_rgb.ids_to_rgb(ids)).save(tmp_path / side / 'x.png')
     segments = [{'id': int(i), 'category_id': 1 + int(i) % 2, 'iscrowd': 0, 'area': 1}
                 for i in np.unique(ids)]
     with open(tmp_path / f'{side}.json', 'w') as f:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kmax_tf import panoptic_rgb
 from kmax_tf.evaluation import panoptic_png
 
 
@@ -19,7 +20,7 @@ def _random_ids(height, width, seed):
 def test_fast_path_round_trip(height, width):
   # 51 x 428 fills exactly one 65535-byte stored block per block boundary.
   ids = _random_ids(height, width, seed=height * width)
-  data = panoptic_png.encode_ids_to_png_bytes(ids)
+  data = panoptic_rgb.encode_png(ids)
   decoder = panoptic_png._get_fast_decoder()
   if decoder is None:
     pytest.skip('libdeflate is not available: only the generic path exists here')
@@ -32,7 +33,7 @@ def test_fast_path_round_trip(height, width):
 
 def test_generic_formats_follow_panopticapi_rgb2id(tmp_path):
   ids = _random_ids(6, 5, seed=1)
-  rgb = panoptic_png.ids_to_rgb(ids)
+  rgb = panoptic_rgb.ids_to_rgb(ids)
   rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 9, np.uint8)], axis=-1)
   path = tmp_path / 'rgba.png'
   Image.fromarray(rgba, mode='RGBA').save(path)
@@ -49,7 +50,7 @@ def test_generic_formats_follow_panopticapi_rgb2id(tmp_path):
 
 
 def test_ids_to_rgb_range():
-  np.testing.assert_array_equal(panoptic_png.ids_to_rgb(np.array([[1 + 256 * 2 + 65536 * 3]])),
+  np.testing.assert_array_equal(panoptic_rgb.ids_to_rgb(np.array([[1 + 256 * 2 + 65536 * 3]])),
                                 [[[1, 2, 3]]])
   with pytest.raises(ValueError, match=r'\[0, 2\*\*24\)'):
-    panoptic_png.ids_to_rgb(np.array([[1 << 24]]))
+    panoptic_rgb.ids_to_rgb(np.array([[1 << 24]]))

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kmax_tf import panoptic_rgb
 from kmax_tf.evaluation import coco_panoptic_evaluation as cpe
 from kmax_tf.evaluation import panoptic_png
-from kmax_tf.evaluation import synthetic_panoptic
 from tests.evaluation import pq_test_utils
+from tests.helpers import synthetic_panoptic
 
 _pqfast = pytest.importorskip(
     'kmax_tf.evaluation._pqfast',
@@ -90,7 +91,7 @@ def _label_like_pixels(height, width, channels, seed):
 def _pillow_ids(data):
   with Image.open(io.BytesIO(data)) as image:
     array = np.array(image)
-  return panoptic_png.rgb_to_ids(array) if array.ndim == 3 else array.astype(np.uint32)
+  return panoptic_rgb.rgb_to_ids(array) if array.ndim == 3 else array.astype(np.uint32)
 
 
 def _decode_both(data, monkeypatch):
@@ -115,7 +116,7 @@ def test_every_filter_type_matches_pillow(channels, filter_type, monkeypatch):
   data = _png_with_filters(pixels, filters, idat_parts=2)
   expected = _pillow_ids(data)
   if channels == 3:
-    np.testing.assert_array_equal(expected, panoptic_png.rgb_to_ids(pixels))
+    np.testing.assert_array_equal(expected, panoptic_rgb.rgb_to_ids(pixels))
   native, fallback = _decode_both(data, monkeypatch)
   np.testing.assert_array_equal(native, expected)
   np.testing.assert_array_equal(fallback, expected)
@@ -163,7 +164,7 @@ def test_edge_sizes_and_pillow_written_pngs(height, width, monkeypatch):
   # Pillow's own encoder (adaptive filters), as for real COCO panoptic PNGs.
   ids = np.random.default_rng(height).integers(0, 1 << 24, size=(height, width)).astype(np.uint32)
   ids[height // 2:] = ids[height // 2]
-  native, fallback = _decode_both(panoptic_png.encode_ids_to_png_bytes(ids), monkeypatch)
+  native, fallback = _decode_both(panoptic_rgb.encode_png(ids), monkeypatch)
   np.testing.assert_array_equal(native, ids)
   np.testing.assert_array_equal(fallback, ids)
 
@@ -186,9 +187,9 @@ print('ok')
 @pytest.mark.parametrize('no_simd', ['', '1'])
 def test_up_rows_with_and_without_simd(no_simd):
   """RGB Up rows use SSSE3 when the CPU has it; KMAX_PQFAST_NO_SIMD=1 (read at import) not."""
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+  import os
+  import subprocess
+  import sys
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, KMAX_PQFAST_NO_SIMD=no_simd, KMAX_DISABLE_PQFAST='')
   if not no_simd:
@@ -215,7 +216,7 @@ def test_zlib_inflate_when_libdeflate_is_missing():
 def test_decode_reuses_out_buffer():
   ids = np.arange(12, dtype=np.uint32).reshape(3, 4) * 99991
   out = np.full(20, 7, np.uint32)
-  result = panoptic_png.decode_panoptic_png(panoptic_png.encode_ids_to_png_bytes(ids), out=out)
+  result = panoptic_png.decode_panoptic_png(panoptic_rgb.encode_png(ids), out=out)
   np.testing.assert_array_equal(result, ids)
   assert np.shares_memory(result, out)
 
@@ -358,7 +359,7 @@ def test_pair_counts_png_rejects_malformed_input():
   pixels = _label_like_pixels(5, 6, 3, seed=4)
   good = _inflated(_png_with_filters(pixels, [1, 2, 3, 4, 0]))
   bad = _inflated(_png_with_filters(pixels, [1, 2, 3, 7, 0]))
-  ids = np.unique(panoptic_png.rgb_to_ids(pixels)).astype(np.int64)
+  ids = np.unique(panoptic_rgb.rgb_to_ids(pixels)).astype(np.int64)
   ids = ids[ids > 0]
   counts = np.zeros((len(ids) + 1) ** 2, np.int64)
   with pytest.raises(ValueError, match='GT PNG row 3 has invalid filter type 7'):
@@ -380,11 +381,11 @@ def test_pair_counts_png_rejects_malformed_input():
 def test_file_evaluation_names_a_damaged_png(tmp_path):
   gt_json, gt_folder, pred_json, pred_folder = synthetic_panoptic.write_case(
       str(tmp_path), num_images=2, height=24, width=32, seed=13)
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
+  import json
+  import os
   annotation = json.load(open(pred_json))['annotations'][0]
   path = os.path.join(pred_folder, annotation['file_name'])
-  rgb = panoptic_png.ids_to_rgb(panoptic_png.decode_panoptic_png(path))
+  rgb = panoptic_rgb.ids_to_rgb(panoptic_png.decode_panoptic_png(path))
   with open(path, 'wb') as f:
     f.write(_png_with_filters(rgb, [1] * 5 + [8] + [2] * 18))
   with pytest.raises(ValueError, match=f'Cannot decode PNG {path}: PNG row 5 has invalid filter'):
@@ -408,14 +409,14 @@ def test_file_evaluation_identical_with_and_without_extension(tmp_path, pixel_no
 def test_unknown_id_errors_identical_with_and_without_extension(tmp_path, monkeypatch):
   gt_json, gt_folder, pred_json, pred_folder = synthetic_panoptic.write_case(
       str(tmp_path), num_images=2, height=24, width=32, seed=12)
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
+  import json
+  import os
   annotation = json.load(open(pred_json))['annotations'][1]
   path = os.path.join(pred_folder, annotation['file_name'])
   ids = panoptic_png.decode_panoptic_png(path).copy()
   ids[3, 4] = (1 << 24) - 2  # Not in segments_info.
   with open(path, 'wb') as f:
-    f.write(panoptic_png.encode_ids_to_png_bytes(ids))
+    f.write(panoptic_rgb.encode_png(ids))
   messages = []
   for disable in ('', '1'):
     monkeypatch.setenv('KMAX_DISABLE_PQFAST', disable)

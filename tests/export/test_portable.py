@@ -152,7 +152,7 @@ def test_predictor_constructors_match_from_saved_model(portable_case, photos):
     assert runner.class_names == predictor_lib.Predictor.from_saved_model(
         portable_case.saved_model_dir).class_names
     with pytest.raises(ValueError, match=r'one uint8 \[1, H, W, 3\] image'):
-      runner._serve_fn(np.zeros((2, 8, 8, 3), np.uint8))  # pylint: disable=protected-access
+      runner._serve_fn(np.zeros((2, 8, 8, 3), np.uint8))
 
 
 def test_detect_format_and_clear_errors(portable_case, tmp_path):
@@ -205,4 +205,4 @@ def test_float32_resize_ratio_equals_float64_cast():
   sizes = tf.range(1, 10001)
   for target in (129, 513, 641, 1025, 1281, 2049):
     expected = (np.float64(target) / np.arange(1, 10001, dtype=np.float64)).astype(np.float32)
-    np.testing.assert_array_equal(preprocessing._ratio(target, sizes).numpy(), expected)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(preprocessing._ratio(target, sizes).numpy(), expected)

@@ -40,7 +40,7 @@ def test_lazy_top_level_name():
 @pytest.mark.slow
 def test_float_arrays_through_predictor_never_wrap(export_case, photos):
   """A numpy float image reaches the uint8 signature only after Predictor's range rule."""
-  from kmax_tf.export import image_io  # noqa: PLC0415
+  from kmax_tf.export import image_io
   predictor = kmax_tf.Predictor.from_saved_model(export_case.base_path)
   photo = photos[2][:120, :160]
   expected = predictor(photo).panoptic

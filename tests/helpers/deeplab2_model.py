@@ -43,7 +43,7 @@ def _import_deeplab2(deeplab2_root: str):
                        'TensorFlow')
   if deeplab2_root not in sys.path:
     sys.path.insert(0, deeplab2_root)
-  # pylint: disable=g-import-not-at-top
+
   from deeplab2 import config_pb2
   from deeplab2.data import dataset
   from deeplab2.model import kmax_deeplab

@@ -274,8 +274,8 @@ def test_bad_paths_and_arguments(tmp_path):
 
 def test_real_model_round_trip_from_manifest(tmp_path, repo_root, dl2_reference):
   """COCO ConvNeXt-T: a DeepLab2 training checkpoint (manifest + rule + state) restores."""
-  from kmax_tf.model import builder  # noqa: PLC0415  (the full model is only needed here)
-  from tests.model import test_manifests  # noqa: PLC0415
+  from kmax_tf.model import builder  # (the full model is only needed here)
+  from tests.model import test_manifests
 
   keras.backend.clear_session()
   config = test_manifests.load_small_crop_config(repo_root, 'coco/kmax_meta_convnext_tiny_os32')

@@ -265,12 +265,12 @@ def test_from_config_errors():
 def test_top2_equals_top_k_with_ties():
   rng = np.random.default_rng(0)
   logits = tf.constant(rng.integers(0, 4, [50, 9]).astype(np.float32))  # many ties
-  values, indices = pp._top2(logits)  # pylint: disable=protected-access
+  values, indices = pp._top2(logits)
   expected_values, expected_indices = tf.math.top_k(logits, k=2)
   np.testing.assert_array_equal(values.numpy(), expected_values.numpy())
   np.testing.assert_array_equal(indices.numpy(), expected_indices.numpy())
   # The same under XLA, which the post-processing uses outside XLA callers too.
-  top2 = pp._top2  # pylint: disable=protected-access
+  top2 = pp._top2
   xla_values, xla_indices = tf.function(top2, jit_compile=True)(logits)
   np.testing.assert_array_equal(xla_values.numpy(), expected_values.numpy())
   np.testing.assert_array_equal(xla_indices.numpy(), expected_indices.numpy())
@@ -279,6 +279,6 @@ def test_top2_equals_top_k_with_ties():
 def test_max_and_argmax_equals_tf_argmax_with_ties():
   rng = np.random.default_rng(1)
   values = tf.constant(rng.integers(0, 3, [4, 6, 11]).astype(np.float32))
-  largest, index = pp._max_and_argmax(values)  # pylint: disable=protected-access
+  largest, index = pp._max_and_argmax(values)
   np.testing.assert_array_equal(index.numpy(), tf.argmax(values, axis=-1).numpy())
   np.testing.assert_array_equal(largest.numpy(), tf.reduce_max(values, axis=-1).numpy())

@@ -84,7 +84,7 @@ def test_class_count_and_void_bias():
               'transformer_mask_feature': tf.ones([1, 3, 16])}
   outputs = head(features)
   class_logits = outputs[common.PRED_TRANSFORMER_CLASS_LOGITS_KEY].numpy()
-  bias = head._transformer_class_head._conv.bias.numpy()  # pylint: disable=protected-access
+  bias = head._transformer_class_head._conv.bias.numpy()
   expected = np.broadcast_to(bias, class_logits.shape).copy()
   expected[..., -1] += math.log(19 * 9)
   np.testing.assert_allclose(class_logits, expected, rtol=1e-6)

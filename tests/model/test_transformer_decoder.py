@@ -69,7 +69,7 @@ def test_layer_strides_and_endpoints(reference):
   assert outputs[td.FEATURE_PANOPTIC] is not None
   np.testing.assert_array_equal(outputs[td.FEATURE_SEMANTIC], data['encoder/stage5'])
   assert decoder.num_layers == 6 and decoder.num_mask_slots == 128
-  names = [group.name for group in decoder._kmax_decoder]  # pylint: disable=protected-access
+  names = [group.name for group in decoder._kmax_decoder]
   assert names[0] == 'kmax_transformer_decoder_os32_0'
   assert names[-1] == 'kmax_transformer_decoder_os8_1'
 
@@ -132,9 +132,9 @@ def test_compiled_centre_steps_match_the_layer_path():
   for weight in decoder.weights:  # non-trivial residual branches and statistics
     if 'gamma' in weight.name or 'moving_variance' in weight.name:
       weight.assign(tf.random.uniform(weight.shape, 0.5, 1.5, seed=1))
-  layer = decoder._kmax_decoder[0].transformer_layer  # pylint: disable=protected-access
+  layer = decoder._kmax_decoder[0].transformer_layer
   compiled = decoder(endpoints, training=False)
-  assert layer._compiled_center_steps is not None  # pylint: disable=protected-access
+  assert layer._compiled_center_steps is not None
   # The same inference through the Keras layers (as inside an XLA function).
   plain = tf.function(lambda e: decoder(e, training=False), jit_compile=True)(endpoints)
   for key in (td.TRANSFORMER_CLASS_FEATURE, td.TRANSFORMER_MASK_FEATURE):

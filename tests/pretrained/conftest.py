@@ -46,7 +46,7 @@ OVERRIDES = tiny_config.OVERRIDES + (
 
 
 def tiny_pretrained_config():
-  from kmax_tf.export import serving  # noqa: PLC0415
+  from kmax_tf.export import serving
   return serving.load_experiment_config(tiny_config.BASE_CONFIG, overrides=OVERRIDES)
 
 
@@ -103,9 +103,10 @@ def _evil_archives(folder: pathlib.Path, index_bytes: bytes, outside: pathlib.Pa
 
 @pytest.fixture(scope='session')
 def archives(tmp_path_factory) -> Archives:
-  import tensorflow as tf  # noqa: PLC0415
-  from kmax_tf.export import serving  # noqa: PLC0415
-  from kmax_tf.model import checkpoint_loading  # noqa: PLC0415
+  import tensorflow as tf
+
+  from kmax_tf.export import serving
+  from kmax_tf.model import checkpoint_loading
 
   root = tmp_path_factory.mktemp('pretrained_archives')
   module = serving.build_serving_module(tiny_pretrained_config(), None)

@@ -13,7 +13,9 @@ from kmax_tf import pretrained
 from kmax_tf.pretrained import cache as cache_lib
 from tests.helpers import dl2_checkpoint
 from tests.pretrained import conftest
-from tests.pretrained.conftest import TINY, TINY_CHECKPOINT, TINY_STEM
+from tests.pretrained.conftest import TINY
+from tests.pretrained.conftest import TINY_CHECKPOINT
+from tests.pretrained.conftest import TINY_STEM
 
 ARCHIVE = f'{TINY_STEM}.tar.gz'
 ARCHIVE_PATH = f'/{ARCHIVE}'
@@ -193,7 +195,7 @@ def test_mirrors_replace_the_url_folder(cache, server, archives, monkeypatch):
 def test_mirror_folders_and_gfile_urls(cache, server, archives, monkeypatch, kind):
   mirror = str(archives.folder / 'mirror')
   if kind == 'gfile':  # A tf.io.gfile filesystem, read like gs://.
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
     mirror = 'ram://kmax_tf_mirror'
     tf.io.gfile.makedirs(mirror)
     tf.io.gfile.copy(str(archives.folder / ARCHIVE), f'{mirror}/{ARCHIVE}', overwrite=True)

@@ -193,8 +193,8 @@ def test_train_py_starts_from_a_pretrained_name(cache, server, archives, tmp_pat
 def test_imagenet_backbone_by_name_as_pretrained_weights(cache, server, archives, tmp_path,
                                                          monkeypatch):
   """A ConvNeXt `pretrained_weights` file (Keras save_weights, rooted at the encoder) by name."""
-  from kmax_tf.keras_setup import keras  # noqa: PLC0415
-  from kmax_tf.model.pixel_encoder import convnext  # noqa: PLC0415
+  from kmax_tf.keras_setup import keras
+  from kmax_tf.model.pixel_encoder import convnext
 
   def mini_encoder(seed):
     tf.random.set_seed(seed)

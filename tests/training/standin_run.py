@@ -33,9 +33,10 @@ def main():
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * args.num_cpu_devices)
 
-  from kmax_tf import common  # noqa: PLC0415
-  from kmax_tf.training import distribution, train_lib  # noqa: PLC0415
-  from tests.training import standins  # noqa: PLC0415
+  from kmax_tf import common
+  from kmax_tf.training import distribution
+  from kmax_tf.training import train_lib
+  from tests.training import standins
 
   config = standins.make_config(steps=args.steps, backbone_learning_rate_multiplier=0.1)
   config.trainer_options.solver_options.mixed_precision_policy = args.mixed
@@ -63,7 +64,7 @@ def main():
   model_holder = {}
 
   def model_fn(_):
-    from kmax_tf.keras_setup import keras  # noqa: PLC0415
+    from kmax_tf.keras_setup import keras
     keras.utils.set_random_seed(0)  # The same initial weights in every process.
     model_holder['model'] = standins.TinyModel()
     return model_holder['model']
@@ -72,7 +73,7 @@ def main():
     return standins.make_dataset(options.batch_size)
 
   if args.sleep_per_loop:
-    from kmax_tf import progress  # noqa: PLC0415
+    from kmax_tf import progress
     original = progress.ProgressPrinter.__call__
 
     def slow(self, output):

@@ -83,8 +83,9 @@ def run_experiment(model_dir, steps, mode='train', initial_checkpoint='', weight
 
   The evaluator reports `head_bias_sum`, which tells which weights it evaluated.
   """
-  import orbit  # noqa: PLC0415
-  from kmax_tf.training import train_lib  # noqa: PLC0415
+  import orbit
+
+  from kmax_tf.training import train_lib
   config = make_config(steps=steps)
   config.model_options.initial_checkpoint = initial_checkpoint
   config.evaluator_options.eval_steps = 1

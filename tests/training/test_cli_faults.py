@@ -15,7 +15,8 @@ import tensorflow as tf
 
 from kmax_tf import cli_errors
 from kmax_tf.config import loader
-from tests.training.test_end_to_end import REPO, _env
+from tests.training.test_end_to_end import REPO
+from tests.training.test_end_to_end import _env
 
 
 def _train(config, model_dir, *extra, timeout=600):
@@ -41,6 +42,21 @@ def test_unresolved_placeholder_is_reported_before_tensorflow_loads(tiny_setup, 
           '${DATA} is not resolved. Set it with --substitution DATA=...') in result.stderr
   assert 'Traceback' not in result.stderr
   assert elapsed < 15  # Python start + config; TensorFlow (~5 s here) is not imported.
+  assert not (tmp_path / 'model').exists()
+
+
+def test_bad_substitution_and_unknown_backbone_are_one_line_errors(tiny_setup, tmp_path):
+  _, data, config = tiny_setup
+  result = _train(config, tmp_path / 'model', '--mode=train', '--substitution=DATA')
+  assert result.returncode != 0
+  assert "Error in the config: --substitution expects KEY=VALUE, got 'DATA'" in result.stderr
+  # Backbone names are listed by the model builder: checked once TensorFlow is loaded.
+  result = _train(config, tmp_path / 'model', '--mode=train', f'--substitution=DATA={data}',
+                  '--config_override=model_options.backbone.name=kmax_resnet5O')
+  assert result.returncode != 0
+  assert "model_options.backbone.name is 'kmax_resnet5O'" in result.stderr
+  assert "'kmax_axial_resnet50'" in result.stderr
+  assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'model').exists()
 
 
@@ -107,7 +123,7 @@ def test_corruption_found_during_training_is_one_line_and_keeps_the_checkpoint(
   # ckpt-0 (written before the first batch) is intact and is the newest checkpoint.
   latest = tf.train.latest_checkpoint(str(model_dir / 'tiny'))
   assert latest == str(model_dir / 'tiny' / 'ckpt-0')
-  from kmax_tf.training import checkpointing  # noqa: PLC0415
+  from kmax_tf.training import checkpointing
   assert checkpointing.checkpoint_problem(latest) is None
 
 
@@ -126,7 +142,7 @@ def test_only_kmax_tf_checks_are_one_line_user_errors():
   except ValueError as error:
     assert cli_errors.is_user_error(error)
   try:
-    open(pathlib.Path('/nonexistent/kmax.textproto'))  # noqa: SIM115
+    open(pathlib.Path('/nonexistent/kmax.textproto'))
   except OSError as error:
     assert not cli_errors.is_user_error(error)  # Raised here, not by a kmax_tf check.
   try:

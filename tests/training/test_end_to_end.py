@@ -101,7 +101,7 @@ def test_train_and_eval_with_the_real_model(tiny_setup):
   assert list((experiment / 'train').glob('events.out.tfevents.*'))
   assert list((experiment / 'eval').glob('events.out.tfevents.*'))
   # DeepLab2's checkpoint keys: model items, optimizer, backbone_optimizer, global_step.
-  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow as tf
   keys = {name.split('/')[0] for name, _ in tf.train.list_variables(str(experiment / 'ckpt-2'))}
   assert {'encoder', 'optimizer', 'backbone_optimizer', 'global_step',
           'train_iterator'} <= keys

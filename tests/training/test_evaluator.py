@@ -5,13 +5,13 @@ import orbit
 import pytest
 import tensorflow as tf
 
+from kmax_tf import coloring
 from kmax_tf import common
 from kmax_tf.data import dataset_descriptors
 from kmax_tf.data import preprocessing
 from kmax_tf.keras_setup import keras
 from kmax_tf.protos import config_pb2
 from kmax_tf.training import evaluator as evaluator_lib
-from kmax_tf.training import visualization
 
 DESCRIPTOR = dataset_descriptors.get_dataset_descriptor('kmax_demo_panoptic')
 DIVISOR = DESCRIPTOR.panoptic_label_divisor
@@ -118,7 +118,7 @@ def test_mask_ap_when_asked(tmp_path, corrupt):
   # Two box instances per image: all found exactly, or all missed.
   assert logs['evaluation/ap/AP_Mask'] == pytest.approx(0.0 if corrupt else 1.0)
   assert 'evaluation/ap/AR_Mask_maxdets=100' in logs
-  assert evaluator._mask_ap.num_gt_instances == 6  # pylint: disable=protected-access
+  assert evaluator._mask_ap.num_gt_instances == 6
   assert 'evaluation/ap/AP_Mask' not in evaluator_lib.Evaluator(
       _config(), EchoModel(), tf.Variable(1, dtype=tf.int64), str(tmp_path), _dataset(),
       descriptor=DESCRIPTOR).evaluate(tf.constant(-1))
@@ -134,7 +134,7 @@ def test_undo_preprocessing_crops_then_resizes():
 
 def test_colorize_panoptic_shades_instances():
   panoptic = np.array([[4 * DIVISOR, 2 * DIVISOR + 1, 2 * DIVISOR + 2, 0]])
-  colors = visualization.colorize_panoptic(panoptic, DESCRIPTOR.colormap, DIVISOR, 0)
+  colors = coloring.colorize_panoptic(panoptic, DESCRIPTOR.colormap, DIVISOR, 0)
   assert (colors[0, 0] == DESCRIPTOR.colormap[4]).all()
   assert (colors[0, 1] == DESCRIPTOR.colormap[2]).all()
   assert not (colors[0, 2] == colors[0, 1]).all()  # second instance: a shade of the color

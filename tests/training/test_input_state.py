@@ -5,8 +5,10 @@ import pytest
 import tensorflow as tf
 
 from kmax_tf.config import loader
-from kmax_tf.data import dataset_descriptors, input_pipeline
-from kmax_tf.training import checkpointing, train_lib
+from kmax_tf.data import dataset_descriptors
+from kmax_tf.data import input_pipeline
+from kmax_tf.training import checkpointing
+from kmax_tf.training import train_lib
 
 
 def _released_coco_options(repo_root, dl2_reference, crop=65):
@@ -82,8 +84,8 @@ def test_without_input_state_each_input_worker_builds_per_replica_batches(repo_r
 
 
 def test_trainer_reads_per_replica_batches_from_a_dataset_function():
-  from kmax_tf.training import trainer as trainer_lib  # noqa: PLC0415
-  from tests.training import standins  # noqa: PLC0415
+  from kmax_tf.training import trainer as trainer_lib
+  from tests.training import standins
   config = standins.make_config(steps=2)
   contexts = []
 

@@ -132,7 +132,7 @@ def test_coco_style_dataset_writes_raw_and_submission_and_pictures(tmp_path, raw
       if segment['isthing']:
         ranks[segment['category_id']] = ranks.get(segment['category_id'], 0) + 1
         segment_to_label[segment['id']] += ranks[segment['category_id']]
-    decoded = np.vectorize(lambda v: segment_to_label.get(v, 0))(ids)
+    decoded = np.vectorize(lambda v, table=segment_to_label: table.get(v, 0))(ids)
     np.testing.assert_array_equal(decoded, semantic * divisor + instance)
   # save_predictions: DeepLab2's seven pictures for the first num_vis_samples=1 sample only.
   pictures = sorted(p.name for p in vis.glob('0000*.png'))

@@ -17,11 +17,11 @@ from tests.training.test_end_to_end import TINY_CONFIG
 
 @pytest.mark.slow
 def test_train_eval_export_predict_on_ram_filesystem(tiny_setup, tmp_path, monkeypatch):
-  from kmax_tf import predict  # noqa: PLC0415
-  from kmax_tf.config import loader  # noqa: PLC0415
-  from kmax_tf.export import predictor as predictor_lib  # noqa: PLC0415
-  from kmax_tf.export import serving  # noqa: PLC0415
-  from kmax_tf.training import train_lib  # noqa: PLC0415
+  from kmax_tf import predict
+  from kmax_tf.config import loader
+  from kmax_tf.export import predictor as predictor_lib
+  from kmax_tf.export import serving
+  from kmax_tf.training import train_lib
   monkeypatch.chdir(tmp_path)  # A stray local "ram:" folder would appear here.
   _, data, _ = tiny_setup
   root = 'ram://kmax_e2e'

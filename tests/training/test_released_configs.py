@@ -198,7 +198,7 @@ def runs(request, tmp_path_factory, dl2_reference):
 
 
 def _global_step(checkpoint):
-  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow as tf
   return int(tf.train.load_checkpoint(str(checkpoint)).get_tensor(
       'global_step/.ATTRIBUTES/VARIABLE_VALUE'))
 

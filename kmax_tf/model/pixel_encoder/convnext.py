@@ -229,7 +229,7 @@ def build_convnext_encoder(variant: str, *,
   if pretrained_weights_path:
     if input_shape is None:
       raise ValueError('pretrained_weights_path needs input_shape, to build the encoder first.')
-    from kmax_tf.model import checkpoint_loading  # noqa: PLC0415  (avoids an import cycle)
+    from kmax_tf.model import checkpoint_loading  # (avoids an import cycle)
     checkpoint_loading.load_deeplab2_checkpoint(
         {'encoder': encoder}, pretrained_weights_path, kind='pretrained_weights')
   return encoder

@@ -14,7 +14,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
-from kmax_tf.evaluation import panoptic_png
+from kmax_tf import panoptic_rgb
 
 # COCO-like non-contiguous category ids: things first, then stuff.
 _THING_IDS = (1, 2, 3, 5, 7, 9, 11, 13)
@@ -176,8 +176,8 @@ def write_case(root: str, num_images: int, height: int, width: int, seed: int,
     pred_ids, pred_info = _make_prediction(gt_ids, gt_info, height, width, rng, pixel_noise)
     name = f'{index:012d}'
     images.append({'id': index, 'file_name': name + '.jpg', 'height': height, 'width': width})
-    Image.fromarray(panoptic_png.ids_to_rgb(gt_ids)).save(os.path.join(gt_folder, name + '.png'))
-    Image.fromarray(panoptic_png.ids_to_rgb(pred_ids)).save(
+    Image.fromarray(panoptic_rgb.ids_to_rgb(gt_ids)).save(os.path.join(gt_folder, name + '.png'))
+    Image.fromarray(panoptic_rgb.ids_to_rgb(pred_ids)).save(
         os.path.join(pred_folder, name + '.png'))
     gt_annotations.append({'image_id': index, 'file_name': name + '.png',
                            'segments_info': _segments_info(gt_ids, gt_info, True)})
