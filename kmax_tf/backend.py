@@ -31,6 +31,10 @@ The choices:
 6. `compiles_post_processing_maps` (model/post_processor.py): the elementwise
    and reduction work after the mask resize runs as one XLA kernel, outside
    XLA and other runtimes.
+
+Training has one choice of its own, made by the trainer rather than asked here:
+inside `layers.activations.lean_gradients()` (the trainer's forward pass) GeLU
+keeps only its input for the backward pass (same values, less memory).
 """
 
 from typing import Sequence

@@ -31,10 +31,10 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import logging
 
+from kmax_tf import coloring
 from kmax_tf import common
 from kmax_tf import file_io
 from kmax_tf.evaluation import prediction_writers
-from kmax_tf.training import visualization
 
 RAW_PANOPTIC_FORMATS = (prediction_writers.TWO_CHANNEL_PNG, prediction_writers.THREE_CHANNEL_PNG,
                         prediction_writers.TWO_CHANNEL_NUMPY_ARRAY)
@@ -164,7 +164,7 @@ class PredictionSaver:
                                  descriptor.ignore_label)
 
     def semantic_colors(semantic):
-      return visualization.colorize_panoptic(np.asarray(semantic, np.int64) * divisor, colormap,
+      return coloring.colorize_panoptic(np.asarray(semantic, np.int64) * divisor, colormap,
                                              divisor, ignore)
 
     label = np.asarray(sample[common.GT_SEMANTIC_RAW])
@@ -173,9 +173,9 @@ class PredictionSaver:
     pictures = {
         SEMANTIC_PREDICTION_FORMAT: semantic_colors(semantic),
         SEMANTIC_LABEL_FORMAT: semantic_colors(label),
-        PANOPTIC_PREDICTION_FORMAT: visualization.colorize_panoptic(
+        PANOPTIC_PREDICTION_FORMAT: coloring.colorize_panoptic(
             sample[common.PRED_PANOPTIC_KEY], colormap, divisor, ignore),
-        PANOPTIC_LABEL_FORMAT: visualization.colorize_panoptic(
+        PANOPTIC_LABEL_FORMAT: coloring.colorize_panoptic(
             sample[common.GT_PANOPTIC_RAW], colormap, divisor, ignore),
         SEMANTIC_ERROR_FORMAT: error,
     }

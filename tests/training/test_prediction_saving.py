@@ -13,8 +13,8 @@ import tensorflow as tf
 from PIL import Image
 
 from kmax_tf import common
+from kmax_tf import panoptic_rgb
 from kmax_tf.data import dataset_descriptors
-from kmax_tf.evaluation import panoptic_png
 from kmax_tf.keras_setup import keras
 from kmax_tf.protos import config_pb2
 from kmax_tf.training import evaluator as evaluator_lib
@@ -123,7 +123,7 @@ def test_coco_style_dataset_writes_raw_and_submission_and_pictures(tmp_path, raw
         np.testing.assert_array_equal(raw[..., 1].astype(int) * 256 + raw[..., 2], instance)
     np.testing.assert_array_equal(raw[..., 0], semantic)
     # The COCO panoptic submission decodes back to the predicted map.
-    ids = panoptic_png.rgb_to_ids(_read_png(vis / 'panoptic_cocoformat' / f'{stem}.png'))
+    ids = panoptic_rgb.rgb_to_ids(_read_png(vis / 'panoptic_cocoformat' / f'{stem}.png'))
     annotation = json.loads((vis / 'panoptic_cocoformat.json').read_text())['annotations'][index]
     assert annotation['image_id'] == int(stem) and annotation['file_name'] == f'{stem}.png'
     segment_to_label = {s['id']: s['category_id'] * divisor for s in annotation['segments_info']}
@@ -182,7 +182,7 @@ def test_cityscapes_test_split_eval_ids_and_raw_instances_on_ram(tmp_path):
   assert annotation['image_id'] == 'frankfurt_000000_000294'
   assert annotation['file_name'] == 'frankfurt_000000_000294.png'
   assert sorted(s['id'] for s in annotation['segments_info']) == [7, 26000, 26001]
-  ids = panoptic_png.rgb_to_ids(_read_png(f'{save_dir}/panoptic_cocoformat/'
+  ids = panoptic_rgb.rgb_to_ids(_read_png(f'{save_dir}/panoptic_cocoformat/'
                                           'frankfurt_000000_000294.png'))
   assert ids[2, 2] == 7 and ids[0, 0] == 0 and {ids[6, 3], ids[6, 8]} == {26000, 26001}
   assert not tf.io.gfile.glob(f'{save_dir}/0000*.png')
@@ -233,7 +233,7 @@ def test_trainer_eval_mode_writes_deeplab2_outputs(tiny_setup, tmp_path):
     raw = _read_png(vis / 'raw_panoptic' / f'{name}.png').astype(np.int64)
     assert raw.shape == (33, 33, 3)
     raw_panoptic = raw[..., 0] * divisor + raw[..., 1]
-    ids = panoptic_png.rgb_to_ids(_read_png(vis / 'panoptic_cocoformat' / f'{name}.png'))
+    ids = panoptic_rgb.rgb_to_ids(_read_png(vis / 'panoptic_cocoformat' / f'{name}.png'))
     # The submission and the raw prediction describe the same segments.
     for segment in annotation['segments_info']:
       labels = np.unique(raw_panoptic[ids == segment['id']])
