@@ -1,10 +1,14 @@
-"""Atomic file writes (temp file + rename) through tf.io.gfile: readers never see a partial file.
+"""File access for every file system: atomic writes (temp file + rename) and reads.
 
 Every path goes through `tf.io.gfile`, so local paths, `gs://`, `ram://`,
 `s3://`, ... are written the same way: the content goes to a hidden temporary
 file next to the destination, which is then renamed into place. A local
 rename is atomic; on GCS it is a copy-then-delete that readers see only once
 complete. Files get the usual permissions (0666 less the umask).
+
+Reads and checks (`read_bytes`, `is_file`, `is_dir`) take local paths without
+importing TensorFlow (the PQ command line stays light) and any other path
+through `tf.io.gfile`.
 """
 
 import os
@@ -18,6 +22,38 @@ def is_remote(path: PathLike) -> bool:
   """True for a path of a TensorFlow file system other than the local disk (`gs://`, `ram://`)."""
   path = os.fspath(path)
   return '://' in path and not path.startswith('file://')
+
+
+def read_bytes(path: PathLike) -> bytes:
+  """The content of a local or remote file; OSError (FileNotFoundError) if unreadable."""
+  path = os.fspath(path)
+  if not is_remote(path):
+    with open(path, 'rb') as f:
+      return f.read()
+  import tensorflow as tf
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      return f.read()
+  except tf.errors.NotFoundError as error:
+    raise FileNotFoundError(f'{path}: {error.message}') from None
+  except tf.errors.OpError as error:
+    raise OSError(f'{path}: {error.message}') from None
+
+
+def is_file(path: PathLike) -> bool:
+  path = os.fspath(path)
+  if not is_remote(path):
+    return os.path.isfile(path)
+  import tensorflow as tf
+  return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def is_dir(path: PathLike) -> bool:
+  path = os.fspath(path)
+  if not is_remote(path):
+    return os.path.isdir(path)
+  import tensorflow as tf
+  return tf.io.gfile.isdir(path)
 
 
 def _split(path: str):

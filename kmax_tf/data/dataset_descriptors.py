@@ -10,8 +10,11 @@ options) without touching code. The registered descriptors are JSON files in
 
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Dict, Optional, Tuple
+
+from kmax_tf import file_io
 
 # 'none': no panoptic submission (e.g. ADE20K, whose first category id is 0).
 SUBMISSION_FORMATS = ('coco', 'cityscapes', 'none')
@@ -154,10 +157,10 @@ def descriptor_from_dict(values: dict, source: str = '<dict>') -> DatasetDescrip
 
 def load_descriptor_file(path) -> DatasetDescriptor:
   """Reads a dataset descriptor JSON file."""
-  path = pathlib.Path(path)
+  path = os.fspath(path)
   try:
-    text = path.read_text(encoding='utf-8')
-  except OSError as error:
+    text = file_io.read_bytes(path).decode('utf-8')
+  except (OSError, UnicodeDecodeError) as error:
     raise ValueError(f'Cannot read dataset descriptor file {path}: {error}') from None
   try:
     values = json.loads(text)

@@ -55,12 +55,11 @@ class _ImageTask:
 
 
 def _load_json(path: str, what: str) -> Dict[str, Any]:
-  if not os.path.isfile(path):
+  if not file_io.is_file(path):
     raise ValueError(f'{what} JSON file {path} does not exist.')
   try:
-    with open(path, 'r') as f:
-      content = json.load(f)
-  except json.JSONDecodeError as error:
+    content = json.loads(file_io.read_bytes(path))
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
     raise ValueError(f'{what} JSON file {path} is not valid JSON: {error}') from error
   if not isinstance(content, dict) or 'annotations' not in content:
     raise ValueError(f'{what} JSON file {path} has no "annotations" list.')
@@ -155,7 +154,7 @@ def prepare_tasks(gt_json_file: str, pred_json_file: str, gt_folder: Optional[st
   if pred_folder is None:
     pred_folder = pred_json_file.replace('.json', '')
   for folder, what in ((gt_folder, 'GT'), (pred_folder, 'Prediction')):
-    if not os.path.isdir(folder):
+    if not file_io.is_dir(folder):
       raise ValueError(f'{what} PNG folder {folder} does not exist.')
   category_ids, is_thing, category_position = _parse_categories(gt_json, gt_json_file)
   gt_by_image = _annotations_by_image(gt_json, gt_json_file, 'GT')
@@ -175,7 +174,7 @@ def prepare_tasks(gt_json_file: str, pred_json_file: str, gt_folder: Optional[st
     gt_path = os.path.join(gt_folder, gt_annotation['file_name'])
     pred_path = os.path.join(pred_folder, pred_annotation['file_name'])
     for path in (gt_path, pred_path):
-      if not os.path.isfile(path):
+      if not file_io.is_file(path):
         missing_files.append(path)
     gt_ids, gt_category, gt_crowd, gt_area = _segments(
         gt_annotation, category_position, gt_json_file, gt_path, 'GT', need_area=True)
@@ -340,10 +339,8 @@ def _fused_intersections(gt_data: bytes, pred_data: bytes,
 
 def _match_task(task: _ImageTask, num_categories: int) -> panoptic_quality.ImageMatches:
   """Decodes one image pair and matches its segments."""
-  with open(task.gt_path, 'rb') as f:
-    gt_data = f.read()
-  with open(task.pred_path, 'rb') as f:
-    pred_data = f.read()
+  gt_data = file_io.read_bytes(task.gt_path)
+  pred_data = file_io.read_bytes(task.pred_path)
   intersections = _fused_intersections(gt_data, pred_data, task)
   if intersections is None:
     workspace = _workspace()
@@ -477,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.workers is not None and args.workers < 1:
     print('error: --workers must be >= 1', file=sys.stderr)
     return 2
-  if args.output_json and os.path.exists(args.output_json) and not args.overwrite:
+  if args.output_json and file_io.is_file(args.output_json) and not args.overwrite:
     print(f'error: --output_json {args.output_json} exists; pass --overwrite to replace it.',
           file=sys.stderr)
     return 2

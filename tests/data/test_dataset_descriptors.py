@@ -96,3 +96,15 @@ def test_missing_and_broken_descriptor_files(tmp_path):
   path.write_text('{"name": ')
   with pytest.raises(ValueError, match='not valid JSON'):
     dataset_descriptors.load_descriptor_file(path)
+
+
+def test_descriptor_file_on_a_remote_file_system():
+  import tensorflow as tf
+  local = dataset_descriptors.get_dataset_descriptor('coco_panoptic')
+  source = dataset_descriptors._DESCRIPTOR_DIR / dataset_descriptors._REGISTERED['coco_panoptic']
+  path = 'ram://descriptors/coco_like.json'
+  tf.io.gfile.makedirs('ram://descriptors')
+  tf.io.gfile.copy(str(source), path, overwrite=True)
+  assert dataset_descriptors.load_descriptor_file(path) == local
+  with pytest.raises(ValueError, match='Cannot read dataset descriptor file ram://descriptors/no'):
+    dataset_descriptors.load_descriptor_file('ram://descriptors/no.json')

@@ -218,3 +218,35 @@ def test_many_segments_per_image(tmp_path):
   ours = _evaluate(files, workers=1)
   assert pq_test_utils.max_difference(ours, reference) == 0.0
   assert ours['All']['n'] == 2
+
+
+def _copy_to_ram(local_root, ram_root):
+  import tensorflow as tf
+  for folder, _, files in os.walk(local_root):
+    target = ram_root + folder[len(local_root):]
+    tf.io.gfile.makedirs(target)
+    for name in files:
+      tf.io.gfile.copy(os.path.join(folder, name), f'{target}/{name}', overwrite=True)
+
+
+def test_cli_reads_and_writes_remote_paths(synthetic_case, capsys):
+  """JSONs, PNG folders and the output on ram:// (as on gs://) give the local numbers."""
+  import tensorflow as tf
+  local_root = os.path.dirname(synthetic_case[0])
+  ram_root = 'ram://pq_cli_case'
+  _copy_to_ram(local_root, ram_root)
+  remote = [ram_root + path[len(local_root):] for path in synthetic_case]
+  output = f'{ram_root}/pq.json'
+  argv = [f'--gt_json_file={remote[0]}', f'--gt_folder={remote[1]}',
+          f'--pred_json_file={remote[2]}', f'--pred_folder={remote[3]}',
+          f'--output_json={output}', '--workers=1']
+  assert cpe.main(argv) == 0
+  with tf.io.gfile.GFile(output, 'rb') as f:
+    written = json.loads(f.read())
+  local = cpe.results_to_json(_evaluate(synthetic_case, workers=1))
+  assert written == local
+  assert cpe.main(argv) == 2  # The remote output exists: not replaced silently.
+  assert 'exists' in capsys.readouterr().err
+  missing = [f'--gt_json_file={ram_root}/nothing.json'] + argv[1:4]
+  assert cpe.main(missing) == 1
+  assert f'GT JSON file {ram_root}/nothing.json does not exist' in capsys.readouterr().err
