@@ -5,7 +5,7 @@ classes, 128 mask slots, maskwise post-processing with area limits) at the
 641x641 eval crop, on a 480x640 photo (resized to 481x641 and padded to
 641x641 in-graph). Weights are random (latency does not depend on them:
 the post-processing's loops and counts have static sizes), sharpened by
-`_sharpen`: on the slim test model that makes masks and classes pass the
+`tests/helpers/sharpened_model.py`: on the slim test model that makes masks and classes pass the
 thresholds; on COCO R50 (128 slots, 134 classes) it is not enough, its maps
 are void and the printed map agreement is trivial there (parity on real
 maps: tests/export, benchmarks/export_pq.py). Rows, each for the same image:
@@ -56,12 +56,12 @@ sys.path.insert(0, _REPO_ROOT)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kmax_tf import common  # noqa: E402
 from kmax_tf.export import portable  # noqa: E402
 from kmax_tf.export import preprocessing  # noqa: E402
 from kmax_tf.export import runtimes  # noqa: E402
 from kmax_tf.export import serving  # noqa: E402
 from kmax_tf.keras_setup import keras  # noqa: E402
+from tests.helpers import sharpened_model  # noqa: E402
 
 # --formats names: (row label, export format, quantization).
 _PORTABLE = {
@@ -72,28 +72,16 @@ _PORTABLE = {
 }
 
 _CONFIG = os.path.join(_REPO_ROOT, 'configs', 'coco', 'kmax_meta_r50_os32.textproto')
-# Random-weight sharpening (the gains of tests/export/test_portable_maskwise.py):
-# mask logits 50x, class logits 300x larger. On COCO R50 at 641 the top mask
-# probability stays below 0.06 and the median class confidence ~0.11 (void);
-# gains of 2000 and 6000 gave 19 labels, 12% void (in-process, not yet timed).
-_MASK_LOGIT_GAIN = 50.0
-_CLASS_LOGIT_GAIN = 300.0
+# Random weights are sharpened with tests/helpers/sharpened_model.py's gains. On
+# COCO R50 at 641 the top mask probability stays below 0.06 and the median class
+# confidence ~0.11 (void); gains of 2000 and 6000 gave 19 labels, 12% void
+# (in-process, not yet timed).
 
 
 def _overrides(crop):
   return [f'{split}_dataset_options.{field}={crop},{crop}'
           for split in ('train', 'eval')
           for field in ('crop_size', 'min_resize_value', 'max_resize_value')]
-
-
-def _sharpen(model):
-  """Scales the mask-logit BN gamma and the class-head kernel of a random model."""
-  items = model.checkpoint_items
-  gamma = items[common.CKPT_PIXEL_SPACE_MASK_BATCH_NORM].gamma
-  gamma.assign(gamma * _MASK_LOGIT_GAIN)
-  for weight in items[common.CKPT_TRANSFORMER_CLASS_HEAD].trainable_weights:
-    if 'kernel' in weight.name:
-      weight.assign(weight * _CLASS_LOGIT_GAIN)
 
 
 def _image(height, width, seed=0):
@@ -163,7 +151,7 @@ def _export(args, formats, work_dir):
   else:
     keras.utils.set_random_seed(0)
     module = serving.build_serving_module(args.config, None, overrides=_overrides(args.crop))
-    _sharpen(module.model)
+    sharpened_model.sharpen(module.model)
     tf.train.Checkpoint(**module.model.checkpoint_items).write(checkpoint)
   if not os.path.isdir(saved_model_dir):
     start = time.perf_counter()

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmax_tf import common
 from kmax_tf.export import portable
 from kmax_tf.export import runtimes
 from kmax_tf.export import serving
 from kmax_tf.keras_setup import keras
 from tests.export import tiny_config
+from tests.helpers import sharpened_model
 
 pytestmark = pytest.mark.slow  # A slim model, a SavedModel and two conversions (~1.5 min).
 
@@ -38,19 +38,6 @@ MASKWISE_OVERRIDES = tiny_config.SLIM_OVERRIDES + (
     f'evaluator_options.thing_area_limit={THING_AREA_LIMIT}',
     f'evaluator_options.stuff_area_limit={STUFF_AREA_LIMIT}',
 )
-MASK_LOGIT_GAIN = 50.0
-CLASS_LOGIT_GAIN = 300.0
-
-
-def _sharpen(model):
-  items = model.checkpoint_items
-  gamma = items[common.CKPT_PIXEL_SPACE_MASK_BATCH_NORM].gamma
-  gamma.assign(gamma * MASK_LOGIT_GAIN)
-  for weight in items[common.CKPT_TRANSFORMER_CLASS_HEAD].trainable_weights:
-    if 'kernel' in weight.name:
-      weight.assign(weight * CLASS_LOGIT_GAIN)
-
-
 @pytest.fixture(scope='module')
 def maskwise_exports(tmp_path_factory):
   """(SavedModel serve function, {format: serve function}, ONNX op types, metadata)."""
@@ -58,7 +45,7 @@ def maskwise_exports(tmp_path_factory):
   keras.utils.set_random_seed(11)
   config = serving.load_experiment_config(tiny_config.BASE_CONFIG, overrides=MASKWISE_OVERRIDES)
   module = serving.build_serving_module(config, None)
-  _sharpen(module.model)
+  sharpened_model.sharpen(module.model)
   saved_model = tf.saved_model.load(serving.save_module(module, root / 'saved_model'))
   serve_fns = {}
   for export_format, data in ((portable.FORMAT_TFLITE, portable.convert_tflite(module)),
