@@ -59,7 +59,7 @@ def test_cli_writes_coco_png_json_and_overlay_and_skips_bad_files(export_case, p
   assert result.returncode == 1, result.stderr[-3000:]
   assert 'notes.jpg: not a readable image' in result.stdout
   assert '4 of 5 images written' in result.stdout
-  assert '100%' in result.stderr and '5/5' in result.stderr  # progress bar
+  assert '5/5 (100.0%)' in result.stderr  # The progress bar (kmax_tf.progress, as the converters').
 
   predictor = predictor_lib.Predictor.from_saved_model(export_case.base_path)
   for stem, source in (('cat', images / 'cat.jpg'), ('gray', images / 'gray.png'),
