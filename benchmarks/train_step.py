@@ -2,7 +2,8 @@
 
 Usage:
   python benchmarks/train_step.py [--crop=641] [--steps=6] [--repeats=3]
-      [--deeplab2_root=DIR] [--skip_full] [--skip_model] [--skip_xla] [--skip_demo]
+      [--deeplab2_root=DIR] [--recompute] [--skip_full] [--skip_model] [--skip_xla]
+      [--skip_demo]
 
 Rows:
   full trainer   `python trainer/train.py --mode=train` on the released COCO R50
@@ -17,6 +18,8 @@ Rows:
                  from orbit's log timestamps between the end of the first loop
                  (tracing, warm-up) and the end of the last; peak memory is the
                  process's maximum resident set (getrusage of that child).
+                 With `--recompute` a third trainer runs the same config with
+                 `recompute_activations` for the encoder and pixel decoder.
   model step     the training step on two cached batches (no input pipeline,
                  no checkpoints or summaries), ours in graph mode and with XLA,
                  so input cost and step cost are told apart.
@@ -128,6 +131,16 @@ def _full_trainer_rows(args):
     runners['DeepLab2 trainer/train.py'] = lambda run: _run_trainer(
         [sys.executable, 'deeplab2/trainer/train.py', f'--config_file={config_path}',
          '--mode=train', f'--model_dir={work / f"dl2_{run}"}', '--num_gpus=0'], dl2_env, root)
+  if args.recompute:
+    recompute_config = type(config)()
+    recompute_config.CopyFrom(config)
+    recompute_config.trainer_options.solver_options.recompute_activations[:] = [
+        'pixel_encoder', 'pixel_decoder']
+    recompute_path = work / 'config_recompute.textproto'
+    recompute_path.write_text(text_format.MessageToString(recompute_config))
+    runners['kmax_tf trainer/train.py, recomputed'] = lambda run: _run_trainer(
+        [sys.executable, 'trainer/train.py', f'--config_file={recompute_path}', '--mode=train',
+         f'--model_dir={work / f"recompute{run}"}'], ours_env, REPO)
   results = {name: [] for name in runners}
   for run in range(args.repeats):
     for name, runner in runners.items():
@@ -174,6 +187,8 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--crop', type=int, default=641)
   parser.add_argument('--deeplab2_root', default=None)
+  parser.add_argument('--recompute', action='store_true',
+                      help='also run our trainer with activation recomputation')
   parser.add_argument('--skip_full', action='store_true')
   parser.add_argument('--skip_model', action='store_true')
   parser.add_argument('--skip_xla', action='store_true')

@@ -56,7 +56,8 @@ def test_extension_fields_cannot_collide_with_deeplab2():
                             'high_resolution_output_stride', 'use_auxiliary_semantic_decoder',
                             'transformer_decoder_num_layers', 'pixel_decoder_channels',
                             'pixel_decoder_num_blocks'},
-      'SolverOptions': {'mixed_precision_policy', 'non_finite_loss_action'},
+      'SolverOptions': {'mixed_precision_policy', 'non_finite_loss_action',
+                        'recompute_activations'},
       'EvaluatorOptions': {'panoptic_quality_variant', 'compute_miou', 'compute_mask_ap'},
   }
   seen = set()

@@ -97,7 +97,8 @@ def _check_dataset(options, field: str, source: str) -> None:
 
 def check_choices(config, source: str = 'config') -> None:
   """Checks the names of the built parts against their builders' lists (loads TensorFlow)."""
-  from kmax_tf.model import builder as model_builder  # (TensorFlow)
+  from kmax_tf.layers import recompute  # (TensorFlow)
+  from kmax_tf.model import builder as model_builder
   from kmax_tf.model import post_processor
   from kmax_tf.training import learning_rate
   from kmax_tf.training import optimizer
@@ -113,6 +114,8 @@ def check_choices(config, source: str = 'config') -> None:
           'trainer_options.solver_options.learning_policy', source)
   _choice(solver.mixed_precision_policy, optimizer.SUPPORTED_PRECISION_POLICIES,
           'trainer_options.solver_options.mixed_precision_policy', source)
+  for part in solver.recompute_activations:
+    _choice(part, recompute.PARTS, 'trainer_options.solver_options.recompute_activations', source)
   _choice(config.evaluator_options.transformer_post_processing,
           post_processor.POST_PROCESSING_MODES, 'evaluator_options.transformer_post_processing',
           source)

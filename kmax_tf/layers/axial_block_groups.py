@@ -22,6 +22,7 @@ from kmax_tf.keras_setup import keras
 from kmax_tf.layers import axial_blocks
 from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import drop_path
+from kmax_tf.layers import recompute
 from kmax_tf.layers.convolutions import NormLayerFn
 
 # transformer_layer_fn(name=..., drop_path_keep_prob=...) -> layer, see BlockGroup.
@@ -30,6 +31,14 @@ TransformerLayerFn = Callable[..., keras.layers.Layer]
 
 def _is_power_of_two(value: int) -> bool:
   return value > 0 and not value & (value - 1)
+
+
+def _run_block(block, features, drop_path_mask, training):
+  """block(features), through `recompute.call` (the random mask is drawn outside it)."""
+  if drop_path_mask is None:
+    return recompute.call(lambda x: block(x, training=training), features)
+  return recompute.call(lambda x, mask: block(x, training=training, drop_path_mask=mask),
+                        features, drop_path_mask)
 
 
 class BlockGroup(keras.layers.Layer):
@@ -182,7 +191,7 @@ class BlockGroup(keras.layers.Layer):
         mask = None
         if self._drop_path_keep_probs[index] < 1.0 and training:
           mask = drop_path.random_keep_mask(features, self._drop_path_keep_probs[index])
-        features = block(features, training=training, drop_path_mask=mask)
+        features = _run_block(block, features, mask, training)
       transformer = getattr(self, checkpoint_names.transformer_attribute(index))
       if transformer is not None:
         features, memory, auxiliary_outputs = transformer(

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from kmax_tf.data import dataset_descriptors
 from kmax_tf.keras_setup import keras
+from kmax_tf.layers import recompute
 from kmax_tf.model import kmax_deeplab
 from kmax_tf.model import pixel_decoder as pixel_decoder_lib
 from kmax_tf.model import post_processor as post_processor_lib
@@ -116,10 +117,13 @@ def resolve_kmax_settings(max_deeplab_options, descriptor) -> KMaXSettings:
 
 
 def norm_layer_from_config(config) -> Callable[..., keras.layers.Layer]:
-  """BatchNorm factory: synchronized when `use_sync_batchnorm`, with the solver's stats."""
+  """BatchNorm factory: synchronized when `use_sync_batchnorm`, with the solver's stats.
+
+  The layer is Keras' BatchNormalization, made safe for activation recomputation.
+  """
   solver = config.trainer_options.solver_options
   return functools.partial(
-      keras.layers.BatchNormalization, synchronized=solver.use_sync_batchnorm,
+      recompute.BatchNormalization, synchronized=solver.use_sync_batchnorm,
       momentum=solver.batchnorm_momentum, epsilon=solver.batchnorm_epsilon)
 
 

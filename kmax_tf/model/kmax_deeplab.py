@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from kmax_tf import common
 from kmax_tf.keras_setup import keras
+from kmax_tf.layers import recompute
 from kmax_tf.layers import resize
 from kmax_tf.model import checkpoint_contract
 from kmax_tf.model import post_processor as post_processor_lib
@@ -86,8 +87,10 @@ class KMaXDeepLab(keras.Model):
     return self._transformer_decoder.num_mask_slots
 
   def _forward(self, images: tf.Tensor, training, return_intermediates: bool):
-    endpoints = self._pixel_encoder(images, training=training)
-    endpoints = self._pixel_decoder(endpoints, training=training)
+    with recompute.model_part(recompute.PIXEL_ENCODER):
+      endpoints = self._pixel_encoder(images, training=training)
+    with recompute.model_part(recompute.PIXEL_DECODER):
+      endpoints = self._pixel_decoder(endpoints, training=training)
     endpoints = self._transformer_decoder(endpoints, training=training,
                                           return_intermediates=return_intermediates)
     predictions = self._predictor(endpoints, training=training)

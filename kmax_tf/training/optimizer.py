@@ -130,6 +130,18 @@ def split_backbone(grads_and_vars: Iterable[GradientAndVariable],
   return head, backbone
 
 
+def create_slots(optimizer, variables: Sequence[tf.Variable]) -> None:
+  """Creates the optimizer's step counter, hyperparameters and slots for `variables` now.
+
+  Keras creates them in the first `apply_gradients`. Inside a tf.function that
+  makes TensorFlow trace the whole training step twice (a function may create
+  variables in its first trace only), which doubles the start-up time.
+  Call under the strategy's scope.
+  """
+  with tf.name_scope(optimizer._name), tf.init_scope():  # As apply_gradients does.
+    optimizer._create_all_weights(list(variables))  # noqa: SLF001
+
+
 MIXED_FLOAT16 = 'mixed_float16'
 MIXED_BFLOAT16 = 'mixed_bfloat16'
 SUPPORTED_PRECISION_POLICIES = ('', 'float32', MIXED_FLOAT16, MIXED_BFLOAT16)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import orbit
 import pytest
 import tensorflow as tf
 
@@ -171,3 +172,34 @@ def test_initial_checkpoint_only_when_model_dir_is_empty_and_eval_mode(tmp_path)
   # --mode=eval evaluates the newest checkpoint of model_dir.
   model, results = standins.run_experiment(tmp_path / 'run', 2, mode='eval', weights_seed=5)
   assert results['head_bias_sum'] == pytest.approx(float(trained_bias.sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize('backbone_multiplier', [None, 0.1])
+def test_the_training_step_is_traced_once(monkeypatch, backbone_multiplier):
+  # Optimizer slots made in the first apply_gradients would make TensorFlow trace the whole
+  # step a second time (variables may be created in a function's first trace only).
+  traces = []
+  replica_step = trainer_lib.Trainer._replica_step
+
+  def counting_replica_step(self, inputs):
+    traces.append(None)
+    return replica_step(self, inputs)
+
+  monkeypatch.setattr(trainer_lib.Trainer, '_replica_step', counting_replica_step)
+  config = standins.make_config()
+  solver = config.trainer_options.solver_options
+  if backbone_multiplier is not None:
+    solver.backbone_learning_rate_multiplier = backbone_multiplier
+  with tf.distribute.OneDeviceStrategy('/cpu:0').scope():
+    model = standins.TinyModel()
+    model(tf.zeros([1, standins.CROP, standins.CROP, 3]))
+    trainer = trainer_lib.Trainer(model, standins.ToyLoss(), standins.make_dataset(2), solver,
+                                  orbit.utils.create_global_step(), backbone=model.encoder)
+  before = [v.numpy() for v in model.trainable_variables]
+  trainer.train(tf.constant(2))
+  trainer.train(tf.constant(3))
+  assert len(traces) == 1
+  assert int(trainer.global_step.numpy()) == 5
+  assert all(np.any(a != b) for a, b in zip(before, (v.numpy() for v in model.trainable_variables)))
+  optimizers = [trainer.optimizer] + ([trainer.backbone_optimizer] if backbone_multiplier else [])
+  assert [int(o.iterations.numpy()) for o in optimizers] == [5] * len(optimizers)

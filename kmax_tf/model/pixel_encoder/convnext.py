@@ -28,6 +28,7 @@ from kmax_tf.keras_setup import keras
 from kmax_tf.layers import activations
 from kmax_tf.layers import drop_path
 from kmax_tf.layers import fused_inference
+from kmax_tf.layers import recompute
 
 # Variant -> (blocks per stage, channels per stage).
 CONVNEXT_VARIANTS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
@@ -101,7 +102,7 @@ class ConvNeXtBlock(keras.Model):
       self.gamma = None
     self.drop_path = _drop_path_or_identity(drop_path_keep_prob)
 
-  def call(self, inputs, training=None):
+  def _residual(self, inputs):
     residual = self.depthwise_conv(inputs)
     residual = self.norm(residual)
     residual = self.pointwise_conv1(residual)
@@ -109,6 +110,11 @@ class ConvNeXtBlock(keras.Model):
     residual = self.pointwise_conv2(residual)
     if self.gamma is not None:
       residual = self.gamma * residual
+    return residual
+
+  def call(self, inputs, training=None):
+    # Drop path stays outside the recomputed part: its random draw must happen once.
+    residual = recompute.call(self._residual, inputs)
     return inputs + self.drop_path(residual, training=training)
 
 
