@@ -38,6 +38,8 @@ class MaskGroundTruth:
     pixel_non_void_mask: float32 [B, P], 1 on pixels whose class is not void.
     pixel_mask_id_one_hot: float32 [B, P, M], the mask each pixel belongs to;
       all-zero on void and crowd pixels.
+    pixel_mask_id: int32 [B, P], the same as an index into the M masks, -1 on
+      void and crowd pixels.
     mask_class: int32 [B, M], dataset class of each mask, -1 for masks absent at
       this resolution (padding, missing stuff, subsampled away).
     mask_non_void: float32 [B, M], 1 for present masks.
@@ -51,6 +53,7 @@ class MaskGroundTruth:
   pixel_thing_mask: tf.Tensor
   pixel_non_void_mask: tf.Tensor
   pixel_mask_id_one_hot: tf.Tensor
+  pixel_mask_id: tf.Tensor
   mask_class: tf.Tensor
   mask_non_void: tf.Tensor
   mask_class_one_hot: tf.Tensor
@@ -93,6 +96,8 @@ def prepare_mask_ground_truth(y_true: Dict[str, tf.Tensor], output_hw: Sequence[
   pixel_thing_mask = tf.cast(tf.not_equal(thing_id, -1), tf.float32)
   thing_one_hot = tf.one_hot(thing_id, max_thing_id, dtype=tf.float32)
   pixel_mask_id_one_hot = tf.concat([thing_one_hot, stuff_one_hot], axis=-1)
+  pixel_mask_id = tf.where(tf.reduce_max(pixel_mask_id_one_hot, axis=-1) > 0,
+                           tf.argmax(pixel_mask_id_one_hot, axis=-1, output_type=tf.int32), -1)
 
   mask_area = tf.reduce_sum(pixel_mask_id_one_hot, axis=1)[:, :, tf.newaxis]
   mask_present = mask_area[:, :, 0] > 0.5
@@ -113,6 +118,7 @@ def prepare_mask_ground_truth(y_true: Dict[str, tf.Tensor], output_hw: Sequence[
       pixel_thing_mask=pixel_thing_mask,
       pixel_non_void_mask=pixel_non_void_mask,
       pixel_mask_id_one_hot=pixel_mask_id_one_hot,
+      pixel_mask_id=pixel_mask_id,
       mask_class=mask_class,
       mask_non_void=mask_non_void,
       mask_class_one_hot=mask_class_one_hot,

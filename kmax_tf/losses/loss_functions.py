@@ -80,29 +80,34 @@ def soft_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor,
   return average_top_k(per_element * weights, top_k_percent)
 
 
-def self_similarity_cross_entropy(features: tf.Tensor, targets: tf.Tensor,
+def self_similarity_cross_entropy(features: tf.Tensor, target_ids: tf.Tensor,
                                   temperature: float) -> tf.Tensor:
-  """Softmax cross-entropy of feature self-similarities against target similarities.
+  """Softmax cross-entropy of feature self-similarities against same-id indicators.
 
-  The logits are features @ features^T / temperature; the labels are the
-  target self-similarities targets @ targets^T, each row divided by its sum
-  (at least 1). The [B, K, K] logits, labels and softmax are not kept for the
-  backward pass but recomputed from the [B, K, D] and [B, K, M] inputs (at
-  K = 4096 that is 192 MB less per call; the kMaX loss makes one call per
-  decoder output). The gradient is TensorFlow's: softmax(logits) - labels.
+  The logits are features @ features^T / temperature; the labels are 1 where
+  two rows have the same non-negative target id, each row divided by its sum
+  (at least 1). That is DeepLab2's targets @ targets^T for one-hot targets,
+  without its [K, K, M] products (at K = 4096 and COCO's M = 181 masks, 6
+  GFLOP per call). The [B, K, K] logits, labels and softmax are not kept for
+  the backward pass but recomputed from the inputs (at K = 4096 that is 192 MB
+  less per call; the kMaX loss makes one call per decoder output). The
+  gradient is TensorFlow's: softmax(logits) - labels.
 
   Args:
     features: float32 [B, K, D], differentiable.
-    targets: float32 [B, K, M], e.g. one-hot mask ids; no gradient.
+    target_ids: int32 [B, K], e.g. mask ids; negative: no target (an all-zero
+      label row).
     temperature: the logits' divisor.
 
   Returns:
     float32 [B, K], the cross-entropy of each row.
   """
-  targets = tf.stop_gradient(targets)
+  target_ids = tf.stop_gradient(target_ids)
 
   def labels_and_logits(feature_values):
-    labels = tf.einsum('bkm,bjm->bkj', targets, targets)
+    same = tf.logical_and(tf.equal(target_ids[:, :, tf.newaxis], target_ids[:, tf.newaxis, :]),
+                          target_ids[:, :, tf.newaxis] >= 0)
+    labels = tf.cast(same, tf.float32)
     labels /= tf.maximum(tf.reduce_sum(labels, axis=-1, keepdims=True), 1.0)
     logits = tf.einsum('bkd,bjd->bkj', feature_values, feature_values)
     return labels, logits / temperature

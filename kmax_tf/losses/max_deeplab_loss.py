@@ -360,10 +360,10 @@ class MaXDeepLabLoss:
       indices = self._pixel_sampler(sample_logits, min(self._instance_sample_k, num_pixels),
                                     output_index)
     indices = tf.cast(indices, tf.int32)
-    sampled_gt = tf.gather(gt.pixel_mask_id_one_hot, indices, batch_dims=1)
+    sampled_ids = tf.gather(gt.pixel_mask_id, indices, batch_dims=1)
     sampled_feature = tf.gather(feature, indices, batch_dims=1)
     per_pixel = loss_functions.self_similarity_cross_entropy(
-        sampled_feature, sampled_gt, self._instance_temperature)
+        sampled_feature, sampled_ids, self._instance_temperature)
     return loss_functions.average_top_k(per_pixel, self._instance_top_k)
 
   def _mask_average_instance_discrimination(self, feature: tf.Tensor,

@@ -8,7 +8,9 @@ from kmax_tf.losses import loss_functions
 from tests.helpers import backward_tensors
 
 
-def _plain_self_similarity_cross_entropy(features, targets, temperature):
+def _plain_self_similarity_cross_entropy(features, target_ids, temperature):
+  # DeepLab2's composition: products of one-hot targets (all-zero rows for negative ids).
+  targets = tf.one_hot(target_ids, tf.reduce_max(target_ids) + 1)
   labels = tf.einsum('bkm,bjm->bkj', targets, targets)
   labels /= tf.maximum(tf.reduce_sum(labels, axis=-1, keepdims=True), 1.0)
   logits = tf.einsum('bkd,bjd->bkj', features, features) / temperature
@@ -19,9 +21,8 @@ def test_self_similarity_cross_entropy_matches_autodiff_of_the_plain_ops():
   rng = np.random.default_rng(0)
   features = tf.constant(rng.normal(size=[2, 40, 8]), tf.float32)
   ids = rng.integers(0, 5, size=[2, 40])
-  targets = tf.one_hot(ids, 5).numpy()
-  targets[0, :3] = 0.0  # Void pixels: all-zero label rows, still with a gradient.
-  targets = tf.constant(targets)
+  ids[0, :3] = -1  # Void pixels: all-zero label rows, still with a gradient.
+  targets = tf.constant(ids, tf.int32)
   # Uneven upstream gradients, as from the top-k average.
   weights = tf.constant(rng.uniform(size=[2, 40]), tf.float32)
   results = []
@@ -41,7 +42,7 @@ def test_self_similarity_cross_entropy_matches_autodiff_of_the_plain_ops():
 @pytest.mark.parametrize('lean', [True, False])
 def test_only_the_plain_composition_keeps_square_tensors_for_the_backward_pass(lean):
   features = tf.random.normal([1, 256, 8])
-  targets = tf.one_hot(tf.random.uniform([1, 256], 0, 4, tf.int32), 4)
+  targets = tf.random.uniform([1, 256], 0, 4, tf.int32)
   fn = (loss_functions.self_similarity_cross_entropy if lean
         else _plain_self_similarity_cross_entropy)
   kept = backward_tensors.kept_for_gradient(

@@ -303,3 +303,13 @@ def test_whole_loss_compiles_with_xla():
   eager = _run(loss, y_true, y_pred, sampled_indices=indices)
   for name, value in compiled.items():
     np.testing.assert_allclose(value.numpy(), eager[name], rtol=1e-5, err_msg=name)
+
+
+def test_ground_truth_mask_ids_index_the_one_hot_masks():
+  y_true, _, mask_index, _ = _tiny_ground_truth()
+  gt = ground_truth.prepare_mask_ground_truth(y_true, (_SIZE, _SIZE), _THINGS, [3, 4], 0)
+  ids = gt.pixel_mask_id.numpy()
+  np.testing.assert_array_equal(ids, np.stack([mask_index.reshape(-1)] * 2))
+  one_hot = gt.pixel_mask_id_one_hot.numpy()
+  np.testing.assert_array_equal(one_hot.argmax(-1)[ids >= 0], ids[ids >= 0])
+  assert not one_hot[ids < 0].any()

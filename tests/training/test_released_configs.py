@@ -7,12 +7,13 @@ written by the project's converters from fake source trees. One config per datas
 SIGKILLed after its first checkpoint and resumed, which must restore it and train only the
 remaining step.
 
-All 16 run by default, so CI runs them all (about 22 min of the suite on a quiet 2-core
-machine: graph building dominates each run). `KMAX_E2E_CONFIGS=coco/kmax_meta_r50,ade20k` runs
+All 16 run by default, so CI runs them all. `KMAX_E2E_CONFIGS=coco/kmax_meta_r50,ade20k` runs
 only the configs whose path contains one of the comma-separated parts.
 
-The runs are subprocesses started together by a module fixture, at most `KMAX_E2E_WORKERS` (default
-2) at a time: most of a run is single-threaded graph building, so two share 2 cores well.
+Most of a run is single-threaded graph building, and so is most of the rest of the suite. So the
+runs start in the background when the session starts (tests/conftest.py), one at a time while other
+tests run, and `KMAX_E2E_WORKERS` (default 2) at a time once this module's tests are reached; they
+are collected last.
 """
 
 import concurrent.futures
@@ -23,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -121,6 +123,26 @@ class Run:
   seconds: float = 0.0
 
 
+# train.py processes running now, killed by BackgroundRuns.stop.
+_PROCESSES = set()
+
+
+def _run_process(command):
+  """(returncode, stdout, stderr) of `command`; TimeoutExpired after RUN_TIMEOUT s."""
+  process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  _PROCESSES.add(process)
+  try:
+    stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    process.communicate()
+    raise
+  finally:
+    _PROCESSES.discard(process)
+  return process.returncode, stdout, stderr
+
+
 def _newest_checkpoint(experiment):
   index = experiment / 'checkpoint'
   if not index.exists():
@@ -133,17 +155,21 @@ def _kill_after_first_checkpoint(command, experiment, log_dir, run):
   """Starts `command`, SIGKILLs it once the `checkpoint` index names ckpt-1."""
   with open(log_dir / 'killed.out', 'w') as out, open(log_dir / 'killed.err', 'w') as err:
     process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=out, stderr=err)
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while _newest_checkpoint(experiment) != 'ckpt-1':
-      if process.poll() is not None or time.monotonic() > deadline:
-        process.kill()
-        process.wait()
-        run.error = (f'the first run ended (rc {process.returncode}) or timed out before ckpt-1: '
-                     f'{(log_dir / "killed.err").read_text()[-3000:]}')
-        return False
-      time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    _PROCESSES.add(process)
+    try:
+      deadline = time.monotonic() + RUN_TIMEOUT
+      while _newest_checkpoint(experiment) != 'ckpt-1':
+        if process.poll() is not None or time.monotonic() > deadline:
+          process.kill()
+          process.wait()
+          run.error = (f'the first run ended (rc {process.returncode}) or timed out before '
+                       f'ckpt-1: {(log_dir / "killed.err").read_text()[-3000:]}')
+          return False
+        time.sleep(0.05)
+      process.send_signal(signal.SIGKILL)
+      process.wait()
+    finally:
+      _PROCESSES.discard(process)
   run.killed_stdout = (log_dir / 'killed.out').read_text()
   run.killed_checkpoints = tuple(sorted(path.name for path in experiment.glob('ckpt-*.index')))
   return True
@@ -160,12 +186,10 @@ def _run_config(config, records, root):
     if resumed:
       if not _kill_after_first_checkpoint(command, run.experiment, model_dir, run):
         return run
-    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
-                            timeout=RUN_TIMEOUT)
-    run.returncode, run.stdout, run.stderr = result.returncode, result.stdout, result.stderr
+    run.returncode, run.stdout, run.stderr = _run_process(command)
     # Kept beside the experiment for a look after a failure (pytest --basetemp=DIR).
-    (model_dir / 'train.out').write_text(result.stdout)
-    (model_dir / 'train.err').write_text(result.stderr)
+    (model_dir / 'train.out').write_text(run.stdout)
+    (model_dir / 'train.err').write_text(run.stderr)
   except subprocess.TimeoutExpired:
     run.error = f'train.py did not finish within {RUN_TIMEOUT} s'
   finally:
@@ -182,28 +206,72 @@ def _cost_rank(config):
           next(rank for rank, part in enumerate(COST_ORDER) if part in config))
 
 
-def _selected_configs(request):
-  selected = [item.callspec.params['config'] for item in request.session.items
-              if item.module is request.module and hasattr(item, 'callspec')]
+class BackgroundRuns:
+  """The selected configs' runs on a thread pool whose width grows from 1 to `workers`."""
+
+  def __init__(self, configs, tmp_path_factory, dl2_reference, workers):
+    self._gate = threading.Semaphore(1)
+    self._extra_permits = max(workers - 1, 0)
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, 1))
+    records = {'coco': concurrent.futures.Future()}
+    records['coco'].set_result(dl2_reference / 'data' / 'tfrecord')
+    builders = {'cityscapes': _build_cityscapes, 'ade20k': _build_ade20k}
+    for dataset, build in builders.items():
+      if any(_dataset_of(config) == dataset for config in configs):
+        records[dataset] = self._pool.submit(
+            self._gated, build, tmp_path_factory.mktemp(f'{dataset}_records'))
+    root = tmp_path_factory.mktemp('released_configs')
+    self.futures = {
+        config: self._pool.submit(self._after_records, records[_dataset_of(config)], config, root)
+        for config in configs}
+
+  def _gated(self, fn, *args):
+    with self._gate:
+      return fn(*args)
+
+  def _after_records(self, records, config, root):
+    return self._gated(_run_config, config, records.result(), root)
+
+  def widen(self):
+    """Lets `workers` runs go at a time (once the rest of the suite is done)."""
+    for _ in range(self._extra_permits):
+      self._gate.release()
+    self._extra_permits = 0
+
+  def stop(self):
+    """Cancels runs not started and kills the running ones (a session ended early)."""
+    self._pool.shutdown(wait=False, cancel_futures=True)
+    for process in list(_PROCESSES):
+      process.kill()
+    self._pool.shutdown(wait=True)
+
+
+_BACKGROUND = []
+
+
+def selected_configs(items):
+  """The selected configs of this module's test items, biggest first."""
+  selected = [item.callspec.params['config'] for item in items
+              if item.module.__name__ == __name__ and hasattr(item, 'callspec')]
   return sorted((config for config in selected if _is_selected(config)), key=_cost_rank)
+
+
+def start_background_runs(configs, tmp_path_factory, dl2_reference):
+  """Starts `configs` one at a time (tests/conftest.py calls this at the session's start)."""
+  runs = BackgroundRuns(configs, tmp_path_factory, dl2_reference,
+                        int(os.environ.get('KMAX_E2E_WORKERS', '2')))
+  _BACKGROUND.append(runs)
+  return runs
 
 
 @pytest.fixture(scope='module')
 def runs(request, tmp_path_factory, dl2_reference):
-  """config -> Future[Run], all selected configs started at once (a bounded pool)."""
-  selected = _selected_configs(request)
-  builders = {'coco': lambda root: dl2_reference / 'data' / 'tfrecord',
-              'cityscapes': _build_cityscapes, 'ade20k': _build_ade20k}
-  records = {dataset: builders[dataset](tmp_path_factory.mktemp(f'{dataset}_records'))
-             for dataset in DATASETS if any(_dataset_of(c) == dataset for c in selected)}
-  root = tmp_path_factory.mktemp('released_configs')
-  workers = int(os.environ.get('KMAX_E2E_WORKERS', '2'))
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
-  try:
-    yield {config: pool.submit(_run_config, config, records[_dataset_of(config)], root)
-           for config in selected}
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
+  """config -> Future[Run]; started at the session's start, or here if not."""
+  if not _BACKGROUND:
+    start_background_runs(selected_configs(request.session.items), tmp_path_factory,
+                          dl2_reference)
+  _BACKGROUND[0].widen()
+  return _BACKGROUND[0].futures
 
 
 def _global_step(checkpoint):
