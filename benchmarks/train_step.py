@@ -61,7 +61,7 @@ COCO_RECORDS = REPO.parent / 'shared' / 'dl2_reference' / 'data' / 'tfrecord'
 _LOOP_END = re.compile(r'^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*train \| step:\s+(\d+) \|')
 
 
-def _coco_config(crop: int, steps: int = 1, steps_per_loop: int = 1):
+def coco_config(crop: int, steps: int = 1, steps_per_loop: int = 1):
   overrides = [
       f'train_dataset_options.crop_size={crop},{crop}',
       f'train_dataset_options.min_resize_value={crop}',
@@ -113,7 +113,7 @@ def _run_trainer(command, env, cwd):
 
 def _full_trainer_rows(args):
   """Rows for our trainer/train.py and (optionally) DeepLab2's, run alternately."""
-  config = _coco_config(args.crop, args.steps, args.steps_per_loop)
+  config = coco_config(args.crop, args.steps, args.steps_per_loop)
   work = pathlib.Path(tempfile.mkdtemp(prefix='kmax_train_bench_'))
   config_path = work / 'config.textproto'
   config_path.write_text(text_format.MessageToString(config))
@@ -204,7 +204,7 @@ def main():
   if not args.skip_full:
     rows += _full_trainer_rows(args)
   if not args.skip_model:
-    config = _coco_config(args.crop)
+    config = coco_config(args.crop)
     rows.append(dict(name=f'model step: kmax_tf graph (crop {args.crop})',
                      step=_measure_model_step(config, False, 2, args.repeats)))
     if not args.skip_xla:
