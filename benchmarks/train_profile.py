@@ -117,7 +117,6 @@ def main():
   parser.add_argument('--top_ops', type=int, default=12)
   args = parser.parse_args()
 
-  sys.path.insert(0, str(REPO))
   import train_step  # benchmarks/train_step.py: the same config and records.
   from google.protobuf import text_format
 

@@ -102,8 +102,6 @@ def self_similarity_cross_entropy(features: tf.Tensor, target_ids: tf.Tensor,
   Returns:
     float32 [B, K], the cross-entropy of each row.
   """
-  target_ids = tf.stop_gradient(target_ids)
-
   def labels_and_logits(feature_values):
     same = tf.logical_and(tf.equal(target_ids[:, :, tf.newaxis], target_ids[:, tf.newaxis, :]),
                           target_ids[:, :, tf.newaxis] >= 0)
