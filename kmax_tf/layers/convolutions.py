@@ -139,8 +139,10 @@ class Conv2DSame(keras.layers.Layer):
     self._use_bn = use_bn
     padding = 'same'
     if not _is_unit_stride(strides):
-      pad = _padding_for(kernel_size, atrous_rate)
-      self._zeropad = keras.layers.ZeroPadding2D(padding=(pad, pad), name='zeropad')
+      # Padded inside the convolution op: a padded copy of the input would be
+      # kept for the backward pass beside the input itself.
+      pad = list(_padding_for(kernel_size, atrous_rate))
+      self._explicit_padding = [[0, 0], pad, pad, [0, 0]]
       padding = 'valid'
     self._conv = keras.layers.Conv2D(
         output_channels, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
@@ -151,11 +153,21 @@ class Conv2DSame(keras.layers.Layer):
     self._activation = activation
     self._activation_fn = activations.get_activation(activation) if activation else None
 
+  def build(self, input_shape):
+    # The Keras layer owns the weights; strided convolutions are run by `call`.
+    with tf.name_scope(self._conv.name):
+      self._conv.build(tf.TensorShape(input_shape))
+    super().build(input_shape)
+
   def call(self, inputs: tf.Tensor, training=False) -> tf.Tensor:
-    x = inputs
-    if not _is_unit_stride(self._strides):
-      x = self._zeropad(x)
-    x = self._conv(x)
+    if _is_unit_stride(self._strides):
+      x = self._conv(inputs)
+    else:
+      conv = self._conv
+      x = tf.nn.conv2d(inputs, tf.cast(conv.kernel, inputs.dtype), conv.strides,
+                       self._explicit_padding, dilations=conv.dilation_rate)
+      if conv.use_bias:
+        x = tf.nn.bias_add(x, tf.cast(conv.bias, x.dtype))
     return _batch_norm_and_activation(self, x, training)
 
 

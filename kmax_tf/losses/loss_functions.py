@@ -10,6 +10,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
+# Added to the dice numerator and denominator.
+DICE_SMOOTH = 1.0
+
 
 def strided_downsample(labels: tf.Tensor, target_hw: Sequence[int]) -> tf.Tensor:
   """Subsamples a label map by taking every s-th pixel, s = (H - 1) / (h - 1).
@@ -81,49 +84,65 @@ def soft_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor,
 
 
 def self_similarity_cross_entropy(features: tf.Tensor, target_ids: tf.Tensor,
-                                  temperature: float) -> tf.Tensor:
+                                  temperature: float, num_ids: int) -> tf.Tensor:
   """Softmax cross-entropy of feature self-similarities against same-id indicators.
 
-  The logits are features @ features^T / temperature; the labels are 1 where
-  two rows have the same non-negative target id, each row divided by its sum
-  (at least 1). That is DeepLab2's targets @ targets^T for one-hot targets,
-  without its [K, K, M] products (at K = 4096 and COCO's M = 181 masks, 6
-  GFLOP per call). The [B, K, K] logits, labels and softmax are not kept for
-  the backward pass but recomputed from the inputs (at K = 4096 that is 192 MB
-  less per call; the kMaX loss makes one call per decoder output). The
-  gradient is TensorFlow's: softmax(logits) - labels.
+  DeepLab2's pixel-contrastive loss: the logits are s = features @ features^T /
+  temperature, the labels of row k are 1 on the rows with k's (non-negative)
+  target id, divided by their count. Row k's cross-entropy is therefore
+  logsumexp_j s_kj minus the mean of s_kj over k's id, and that mean is
+  features_k . (sum of the features with k's id) / (count * temperature), from
+  [B, num_ids, D] per-id sums. Only the log-normalizer needs [B, K, K] logits,
+  and those are recomputed in the backward pass instead of kept (at K = 4096,
+  64 MB per call; the kMaX loss makes one call per decoder output).
+
+  Rows with a negative id have an all-zero label row: their value is 0, yet,
+  as with TensorFlow's softmax_cross_entropy_with_logits that DeepLab2 uses,
+  their softmax still gets a gradient.
 
   Args:
     features: float32 [B, K, D], differentiable.
-    target_ids: int32 [B, K], e.g. mask ids; negative: no target (an all-zero
-      label row).
+    target_ids: int32 [B, K], ids in [0, num_ids), negative for no target.
     temperature: the logits' divisor.
+    num_ids: the number of possible ids, e.g. mask slots M.
 
   Returns:
     float32 [B, K], the cross-entropy of each row.
   """
-  def labels_and_logits(feature_values):
-    same = tf.logical_and(tf.equal(target_ids[:, :, tf.newaxis], target_ids[:, tf.newaxis, :]),
-                          target_ids[:, :, tf.newaxis] >= 0)
-    labels = tf.cast(same, tf.float32)
-    labels /= tf.maximum(tf.reduce_sum(labels, axis=-1, keepdims=True), 1.0)
-    logits = tf.einsum('bkd,bjd->bkj', feature_values, feature_values)
-    return labels, logits / temperature
+  has_target = tf.cast(target_ids >= 0, features.dtype)
+  id_one_hot = tf.one_hot(target_ids, num_ids, dtype=features.dtype)  # Zero rows for -1.
+  id_feature_sum = tf.einsum('bkm,bkd->bmd', id_one_hot, features)
+  same_id_sum = tf.einsum('bkm,bmd->bkd', id_one_hot, id_feature_sum)
+  same_id_count = tf.einsum('bkm,bm->bk', id_one_hot, tf.reduce_sum(id_one_hot, axis=1))
+  mean_same_id_logit = (tf.reduce_sum(features * same_id_sum, axis=-1) /
+                        (tf.maximum(same_id_count, 1.0) * temperature))
+  log_normalizer = _self_similarity_log_normalizer(features, temperature)
+  # Rows without a target: value 0, gradient of the log-normalizer kept.
+  return (log_normalizer - (1.0 - has_target) * tf.stop_gradient(log_normalizer) -
+          mean_same_id_logit)
 
+
+def _self_similarity_log_normalizer(features: tf.Tensor, temperature: float) -> tf.Tensor:
+  """logsumexp over j of features_k . features_j / temperature, float32 [B, K].
+
+  The gradient recomputes the [B, K, K] logits rather than keeping them.
+  """
   @tf.custom_gradient
-  def cross_entropy(feature_values):
-    labels, logits = labels_and_logits(feature_values)
-    per_row = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+  def log_normalizer(feature_values):
+    scaled = feature_values / temperature
+    logits = tf.einsum('bkd,bjd->bkj', scaled, feature_values)
+    values = tf.reduce_logsumexp(logits, axis=-1)
 
-    def gradient(d_per_row):
-      labels, logits = labels_and_logits(feature_values)
-      d_logits = d_per_row[..., tf.newaxis] * (tf.nn.softmax(logits) - labels) / temperature
-      return (tf.einsum('bkj,bjd->bkd', d_logits, feature_values) +
-              tf.einsum('bjk,bjd->bkd', d_logits, feature_values))
+    def gradient(d_values):
+      logits = tf.einsum('bkd,bjd->bkj', scaled, feature_values)
+      d_logits = d_values[..., tf.newaxis] * tf.exp(logits - values[..., tf.newaxis])
+      # The logits are symmetric in the features: row and column terms.
+      d_logits += tf.transpose(d_logits, [0, 2, 1])
+      return tf.einsum('bkj,bjd->bkd', d_logits, feature_values) / temperature
 
-    return per_row, gradient
+    return values, gradient
 
-  return cross_entropy(features)
+  return log_normalizer(features)
 
 
 def focal_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor,
@@ -149,23 +168,49 @@ def focal_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor
   return average_top_k(alpha_weights * per_element * weights)
 
 
-def mask_dice_loss(masks_gt: tf.Tensor, mask_logits: tf.Tensor,
-                   weights: tf.Tensor) -> tf.Tensor:
-  """Weighted sum over masks of (1 - smoothed dice), softmax over masks.
+def target_logit_cross_entropy(logits: tf.Tensor, target_logit: tf.Tensor,
+                               has_target: tf.Tensor, weights: tf.Tensor,
+                               top_k_percent: float = 1.0) -> tf.Tensor:
+  """`soft_cross_entropy` for one-hot labels, given the logit of each target.
+
+  Rows with a target give logsumexp(logits) - target_logit. Rows without one
+  (an all-zero label row) give 0, and, as TensorFlow's
+  softmax_cross_entropy_with_logits does, still pass the softmax as gradient.
 
   Args:
-    masks_gt: float32 [B, P, L], one-hot mask id per pixel; all-zero rows are
-      void pixels, which are excluded from the prediction too.
-    mask_logits: float32 [B, P, L], pixel-to-mask logits.
-    weights: float32 [B, L], per-mask weights.
+    logits: float32 [B, ..., K].
+    target_logit: float32 [B, ...], the logit of each row's target class
+      (differentiable; a constant for a target outside the K classes).
+    has_target: bool [B, ...].
+    weights: float32 [B, ...], per-element weights.
+    top_k_percent: see `average_top_k`.
 
   Returns:
     float32 [B].
   """
-  probs = tf.nn.softmax(mask_logits, axis=-1)
-  probs *= tf.reduce_sum(masks_gt, axis=-1, keepdims=True)
-  smooth = 1.0
-  numerator = 2.0 * tf.reduce_sum(probs * masks_gt, axis=1) + smooth
-  denominator = tf.reduce_sum(probs, axis=1) + tf.reduce_sum(masks_gt, axis=1) + smooth
+  log_normalizer = tf.reduce_logsumexp(logits, axis=-1)
+  per_element = tf.where(has_target, log_normalizer - target_logit,
+                         log_normalizer - tf.stop_gradient(log_normalizer))
+  return average_top_k(per_element * weights, top_k_percent)
+
+
+def mask_dice_loss(masks_gt: tf.Tensor, mask_logits: tf.Tensor, weights: tf.Tensor,
+                   pixel_weights: tf.Tensor) -> tf.Tensor:
+  """Weighted sum over masks of (1 - smoothed dice), softmax over masks.
+
+  Args:
+    masks_gt: float32 [B, P, L], one-hot mask id per pixel (all-zero rows
+      allowed).
+    mask_logits: float32 [B, P, L], pixel-to-mask logits.
+    weights: float32 [B, L], per-mask weights.
+    pixel_weights: float32 [B, P], 1 on the pixels the prediction counts on
+      (DeepLab2: those with a mask), 0 on the others (void, crowd).
+
+  Returns:
+    float32 [B].
+  """
+  probs = tf.nn.softmax(mask_logits, axis=-1) * pixel_weights[:, :, tf.newaxis]
+  numerator = 2.0 * tf.reduce_sum(probs * masks_gt, axis=1) + DICE_SMOOTH
+  denominator = tf.reduce_sum(probs, axis=1) + tf.reduce_sum(masks_gt, axis=1) + DICE_SMOOTH
   dice_loss = 1.0 - tf.math.divide_no_nan(numerator, denominator)
   return tf.reduce_sum(dice_loss * weights, axis=-1)

@@ -16,6 +16,7 @@ names `aux_{i}<term>` (no separator, DeepLab2's naming), computed with the
 matching of the final output.
 """
 
+import dataclasses
 from typing import Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
@@ -127,6 +128,87 @@ def match_masks_to_slots(cost: tf.Tensor, mask_present: tf.Tensor) -> tf.Tensor:
   enough_slots = tf.reduce_all(tf.reduce_sum(mask_present, axis=1) <= num_slots)
   return tf.cond(enough_slots, present_rows_only,
                  lambda: padded_square_matching(cost, mask_present))
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotTargets:
+  """The matched ground truth in slot order, P pixels, N slots, M masks.
+
+  Slot n's target is the mask matched to it. DeepLab2 instead pads the logits
+  to max(M, N) slots with -99999 and permutes them into mask order, once per
+  decoder output; permuting the targets once gives the same losses. A mask
+  matched to a padding slot (more present masks than slots) has that constant
+  logit there and zero probability.
+
+  Attributes:
+    has_mask: bool [B, P], pixels with a mask (not void, not crowd).
+    on_padding_slot: bool [B, P], pixels whose mask sits on a padding slot.
+    one_hot: float32 [B, P, N], each pixel's matched slot; zero rows for the
+      pixels without a mask or on a padding slot.
+    slot_dice_weight: float32 [B, N], the dice weight of each slot's mask.
+    padding_dice_loss: float32 [B], the weighted dice loss of the masks on
+      padding slots, 1 - 1 / (area + 1) each, the same for every output.
+  """
+
+  has_mask: tf.Tensor
+  on_padding_slot: tf.Tensor
+  one_hot: tf.Tensor
+  slot_dice_weight: tf.Tensor
+  padding_dice_loss: tf.Tensor
+
+  @classmethod
+  def from_matching(cls, gt: ground_truth.MaskGroundTruth, slot_for_mask: tf.Tensor,
+                    mask_dice_weight: tf.Tensor, num_slots: int) -> 'SlotTargets':
+    """Builds the targets.
+
+    Args:
+      gt: the ground truth (M masks).
+      slot_for_mask: int32 [B, max(M, N)], a permutation (see
+        `padded_square_matching`).
+      mask_dice_weight: float32 [B, M], the dice weight of each mask.
+      num_slots: N.
+    """
+    num_masks = gt.pixel_mask_id_one_hot.shape[-1]
+    size = max(num_masks, num_slots)
+    has_mask = gt.pixel_mask_id >= 0
+    pixel_slot = tf.where(
+        has_mask, tf.gather(slot_for_mask, tf.maximum(gt.pixel_mask_id, 0), batch_dims=1), -1)
+    mask_for_slot = tf.argsort(slot_for_mask, axis=-1)[:, :num_slots]  # Inverse permutation.
+    padded_weight = tf.pad(mask_dice_weight, [[0, 0], [0, size - num_masks]])
+    mask_on_padding = slot_for_mask[:, :num_masks] >= num_slots
+    smooth = loss_functions.DICE_SMOOTH
+    padding_dice_loss = tf.reduce_sum(
+        tf.where(mask_on_padding, 1.0 - smooth / (gt.mask_area[:, :, 0] + smooth), 0.0) *
+        mask_dice_weight, axis=-1)
+    return cls(has_mask=has_mask,
+               on_padding_slot=pixel_slot >= num_slots,
+               one_hot=tf.one_hot(pixel_slot, num_slots, dtype=tf.float32),
+               slot_dice_weight=tf.gather(padded_weight, mask_for_slot, batch_dims=1),
+               padding_dice_loss=padding_dice_loss)
+
+  def mask_dice_loss(self, mask_logits: tf.Tensor) -> tf.Tensor:
+    """DeepLab2's weighted mask dice loss (unscaled), float32 [B].
+
+    Args:
+      mask_logits: float32 [B, P, N].
+    """
+    return (loss_functions.mask_dice_loss(self.one_hot, mask_logits, self.slot_dice_weight,
+                                          tf.cast(self.has_mask, tf.float32)) +
+            self.padding_dice_loss)
+
+  def mask_id_cross_entropy(self, mask_logits: tf.Tensor, pixel_weights: tf.Tensor,
+                            top_k_percent: float) -> tf.Tensor:
+    """DeepLab2's per-pixel cross-entropy over slots (unweighted), float32 [B].
+
+    Args:
+      mask_logits: float32 [B, P, N].
+      pixel_weights: float32 [B, P].
+      top_k_percent: see `loss_functions.average_top_k`.
+    """
+    target_logit = tf.where(self.on_padding_slot, _SOFTMAX_MASKING_CONSTANT,
+                            tf.reduce_sum(mask_logits * self.one_hot, axis=-1))
+    return loss_functions.target_logit_cross_entropy(
+        mask_logits, target_logit, self.has_mask, pixel_weights, top_k_percent)
 
 
 def _flatten_pixels(tensor: tf.Tensor, num_pixels: int, name: str) -> tf.Tensor:
@@ -363,7 +445,8 @@ class MaXDeepLabLoss:
     sampled_ids = tf.gather(gt.pixel_mask_id, indices, batch_dims=1)
     sampled_feature = tf.gather(feature, indices, batch_dims=1)
     per_pixel = loss_functions.self_similarity_cross_entropy(
-        sampled_feature, sampled_ids, self._instance_temperature)
+        sampled_feature, sampled_ids, self._instance_temperature,
+        num_ids=gt.pixel_mask_id_one_hot.shape[-1])
     return loss_functions.average_top_k(per_pixel, self._instance_top_k)
 
   def _mask_average_instance_discrimination(self, feature: tf.Tensor,
@@ -405,22 +488,17 @@ class MaXDeepLabLoss:
     matched_slot = tf.where(slot_for_mask[:, :num_masks] < num_slots,
                             slot_for_mask[:, :num_masks], 0)
 
-    masks_gt = tf.pad(gt.pixel_mask_id_one_hot, [[0, 0], [0, 0], [0, size - num_masks]])
-    dice_weight = tf.pad(gt.mask_non_void * tf.maximum(matched_class_prob, _MIN_DYNAMIC_WEIGHT),
-                         [[0, 0], [0, size - num_masks]])
+    dice_weight = gt.mask_non_void * tf.maximum(matched_class_prob, _MIN_DYNAMIC_WEIGHT)
+    targets = SlotTargets.from_matching(gt, slot_for_mask, dice_weight, num_slots)
     dice_scale = self._pq_style_loss_weight * self._focal_loss_alpha / num_slots
     for index, logits in enumerate(mask_logits):
-      padded = tf.pad(logits, [[0, 0], [0, 0], [0, size - num_slots]],
-                      constant_values=_SOFTMAX_MASKING_CONSTANT)
-      # Column j holds the logits of the slot matched to ground-truth mask j.
-      permuted = tf.gather(padded, slot_for_mask, axis=2, batch_dims=1)
       if self._pq_style_loss_weight > 0:
         per_output[index][common.PQ_STYLE_LOSS_MASK_DICE_TERM] = (
-            loss_functions.mask_dice_loss(masks_gt, permuted, dice_weight) * dice_scale)
+            targets.mask_dice_loss(logits) * dice_scale)
       if self._mask_id_weight > 0:
         per_output[index][common.MASK_ID_CROSS_ENTROPY_LOSS] = (
-            loss_functions.soft_cross_entropy(masks_gt, permuted, gt.pixel_non_void_mask,
-                                              self._mask_id_top_k) * self._mask_id_weight)
+            targets.mask_id_cross_entropy(logits, gt.pixel_non_void_mask, self._mask_id_top_k) *
+            self._mask_id_weight)
 
     if self._pq_style_loss_weight <= 0:
       return

@@ -11,6 +11,8 @@ import dataclasses
 import functools
 from typing import Callable, Dict, Optional, Tuple
 
+import tensorflow as tf
+
 from kmax_tf.data import dataset_descriptors
 from kmax_tf.keras_setup import keras
 from kmax_tf.layers import recompute
@@ -120,10 +122,18 @@ def norm_layer_from_config(config) -> Callable[..., keras.layers.Layer]:
   """BatchNorm factory: synchronized when `use_sync_batchnorm`, with the solver's stats.
 
   The layer is Keras' BatchNormalization, made safe for activation recomputation.
+  Synchronization only matters with more than one replica in the current
+  strategy (call this inside its scope). With one replica the batch statistics
+  are global already, and Keras' fused kernel, which it refuses for
+  synchronized layers, computes them several times faster (the two-pass
+  moments and their gradients were 17% of a COCO R50 training step on CPU).
+  The variables and checkpoint keys are the same either way.
   """
   solver = config.trainer_options.solver_options
+  synchronized = (solver.use_sync_batchnorm and
+                  tf.distribute.get_strategy().num_replicas_in_sync > 1)
   return functools.partial(
-      recompute.BatchNormalization, synchronized=solver.use_sync_batchnorm,
+      recompute.BatchNormalization, synchronized=synchronized,
       momentum=solver.batchnorm_momentum, epsilon=solver.batchnorm_epsilon)
 
 

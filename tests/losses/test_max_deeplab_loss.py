@@ -313,3 +313,58 @@ def test_ground_truth_mask_ids_index_the_one_hot_masks():
   one_hot = gt.pixel_mask_id_one_hot.numpy()
   np.testing.assert_array_equal(one_hot.argmax(-1)[ids >= 0], ids[ids >= 0])
   assert not one_hot[ids < 0].any()
+
+
+def _deeplab2_mask_terms(gt, slot_for_mask, logits, dice_weight, top_k):
+  """DeepLab2's composition: logits padded with -99999 and permuted into mask order."""
+  num_masks, num_slots = gt.pixel_mask_id_one_hot.shape[-1], logits.shape[-1]
+  size = max(num_masks, num_slots)
+  masks_gt = tf.pad(gt.pixel_mask_id_one_hot, [[0, 0], [0, 0], [0, size - num_masks]])
+  padded = tf.pad(logits, [[0, 0], [0, 0], [0, size - num_slots]], constant_values=-99999.0)
+  permuted = tf.gather(padded, slot_for_mask, axis=2, batch_dims=1)
+  probs = tf.nn.softmax(permuted) * tf.reduce_sum(masks_gt, axis=-1, keepdims=True)
+  dice = 1.0 - ((2.0 * tf.reduce_sum(probs * masks_gt, axis=1) + 1.0) /
+                (tf.reduce_sum(probs, axis=1) + tf.reduce_sum(masks_gt, axis=1) + 1.0))
+  weights = tf.pad(dice_weight, [[0, 0], [0, size - num_masks]])
+  return (tf.reduce_sum(dice * weights, axis=-1),
+          loss_functions.soft_cross_entropy(masks_gt, permuted, gt.pixel_non_void_mask, top_k))
+
+
+@pytest.mark.parametrize('num_slots', [3, 6, 9])
+def test_slot_order_targets_equal_deeplab2_permuted_logits(num_slots):
+  # 4 present masks (2 things, 2 stuff) of M = 6; with 3 slots one present mask
+  # is matched to a padding slot. A crowd region: thing class, no mask id.
+  y_true, *_ = _tiny_ground_truth()
+  thing_id = y_true[common.GT_THING_ID_MASK_KEY].numpy()
+  semantic = y_true[common.GT_SEMANTIC_KEY].numpy()
+  semantic[:, 0, 6:8], thing_id[:, 0, 6:8] = 1, -1
+  y_true = dict(y_true, **{common.GT_SEMANTIC_KEY: tf.constant(semantic),
+                           common.GT_THING_ID_MASK_KEY: tf.constant(thing_id)})
+  gt = ground_truth.prepare_mask_ground_truth(y_true, (_SIZE, _SIZE), _THINGS, [3, 4], 0)
+  rng = np.random.default_rng(num_slots)
+  size = max(6, num_slots)
+  slot_for_mask = tf.constant(np.stack([rng.permutation(size) for _ in range(2)]), tf.int32)
+  dice_weight = tf.constant(rng.uniform(0.1, 1.0, (2, 6)), tf.float32) * gt.mask_non_void
+  logits = tf.Variable(rng.normal(0, 3, (2, _SIZE * _SIZE, num_slots)), dtype=tf.float32)
+  targets = max_deeplab_loss.SlotTargets.from_matching(gt, slot_for_mask, dice_weight, num_slots)
+  upstream = tf.constant(rng.uniform(0.5, 1.5, (2, 2)), tf.float32)
+  results = []
+  for terms in (lambda: (targets.mask_dice_loss(logits),
+                         targets.mask_id_cross_entropy(logits, gt.pixel_non_void_mask, 1.0)),
+                lambda: _deeplab2_mask_terms(gt, slot_for_mask, logits, dice_weight, 1.0)):
+    with tf.GradientTape() as tape:
+      dice, cross_entropy = terms()
+      total = tf.reduce_sum(tf.stack([dice, cross_entropy], axis=1) * upstream)
+    results.append((dice.numpy(), cross_entropy.numpy(), tape.gradient(total, logits).numpy()))
+  (dice, cross_entropy, gradient), (dl2_dice, dl2_cross_entropy, dl2_gradient) = results
+  on_padding = slot_for_mask.numpy()[:, :6] >= num_slots
+  assert on_padding[gt.mask_non_void.numpy() > 0].any() == (num_slots == 3)
+  if num_slots == 3:  # The padding slot's pixels cost 99999 + logsumexp.
+    assert dl2_cross_entropy.max() > 1e3
+  np.testing.assert_allclose(dice, dl2_dice, rtol=1e-5)
+  np.testing.assert_allclose(cross_entropy, dl2_cross_entropy, rtol=1e-5)
+  # Crowd pixels: value 0, yet their softmax is a gradient, as in TensorFlow's
+  # softmax_cross_entropy_with_logits.
+  crowd = (semantic == 1).reshape(2, -1) & (thing_id == -1).reshape(2, -1)
+  assert np.abs(dl2_gradient[crowd]).min() > 0
+  np.testing.assert_allclose(gradient, dl2_gradient, rtol=1e-4, atol=1e-6)

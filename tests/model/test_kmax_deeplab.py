@@ -167,6 +167,27 @@ def _small_coco_config(dl2_reference, crop=(65, 97)):
   return config
 
 
+class _TwoReplicas:
+  num_replicas_in_sync = 2
+
+
+@pytest.mark.parametrize('use_sync_batchnorm', [True, False])
+def test_batchnorm_is_synchronized_only_across_several_replicas(monkeypatch, use_sync_batchnorm):
+  config = config_pb2.ExperimentOptions()
+  solver = config.trainer_options.solver_options
+  solver.use_sync_batchnorm = use_sync_batchnorm
+  solver.batchnorm_momentum, solver.batchnorm_epsilon = 0.5, 1e-4
+  one_replica = builder.norm_layer_from_config(config)(axis=3, name='bn')
+  assert not one_replica.synchronized
+  graph = tf.function(lambda x: one_replica(x, training=True)).get_concrete_function(
+      tf.TensorSpec([2, 5, 5, 4])).graph
+  assert 'FusedBatchNormV3' in {op.type for op in graph.get_operations()}
+  monkeypatch.setattr(tf.distribute, 'get_strategy', lambda: _TwoReplicas())
+  several = builder.norm_layer_from_config(config)(axis=3, name='bn')
+  assert several.synchronized == use_sync_batchnorm
+  assert several.momentum == pytest.approx(0.5) and several.epsilon == pytest.approx(1e-4)
+
+
 def test_builder_overrides_and_errors(dl2_reference):
   config = _small_coco_config(dl2_reference)
   options = config.model_options.max_deeplab
@@ -180,7 +201,7 @@ def test_builder_overrides_and_errors(dl2_reference):
   items = model.checkpoint_items
   assert 'semantic_decoder' not in items and 'semantic_last_layer' in items
   batch_norm = items['pixel_space_mask_batch_norm']
-  assert batch_norm.synchronized
+  assert not batch_norm.synchronized  # One replica: Keras' fused kernel.
   assert batch_norm.momentum == pytest.approx(0.99) and batch_norm.epsilon == pytest.approx(1e-3)
   assert model.post_processor.options.output_size == (65, 97)
   # Batch 2 at a 65x97 crop (not built for it beforehand: built on first call).
