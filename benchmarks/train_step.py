@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/train_step.py [--crop=641] [--steps=6] [--repeats=3]
-      [--deeplab2_root=DIR] [--recompute] [--skip_full] [--skip_model] [--skip_xla]
+      [--deeplab2_root=DIR] [--recompute[=PARTS]] [--skip_full] [--skip_model] [--skip_xla]
       [--skip_demo]
 
 Rows:
@@ -19,7 +19,8 @@ Rows:
                  (tracing, warm-up) and the end of the last; peak memory is the
                  process's maximum resident set (getrusage of that child).
                  With `--recompute` a third trainer runs the same config with
-                 `recompute_activations` for the encoder and pixel decoder.
+                 `recompute_activations` for the encoder and pixel decoder
+                 (`--recompute=pixel_decoder`: the parts named).
   model step     the training step on two cached batches (no input pipeline,
                  no checkpoints or summaries), ours in graph mode and with XLA,
                  so input cost and step cost are told apart.
@@ -134,11 +135,11 @@ def _full_trainer_rows(args):
   if args.recompute:
     recompute_config = type(config)()
     recompute_config.CopyFrom(config)
-    recompute_config.trainer_options.solver_options.recompute_activations[:] = [
-        'pixel_encoder', 'pixel_decoder']
+    recompute_config.trainer_options.solver_options.recompute_activations[:] = (
+        args.recompute.split(','))
     recompute_path = work / 'config_recompute.textproto'
     recompute_path.write_text(text_format.MessageToString(recompute_config))
-    runners['kmax_tf trainer/train.py, recomputed'] = lambda run: _run_trainer(
+    runners[f'kmax_tf trainer/train.py, recomputed {args.recompute}'] = lambda run: _run_trainer(
         [sys.executable, 'trainer/train.py', f'--config_file={recompute_path}', '--mode=train',
          f'--model_dir={work / f"recompute{run}"}'], ours_env, REPO)
   results = {name: [] for name in runners}
@@ -187,8 +188,9 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--crop', type=int, default=641)
   parser.add_argument('--deeplab2_root', default=None)
-  parser.add_argument('--recompute', action='store_true',
-                      help='also run our trainer with activation recomputation')
+  parser.add_argument('--recompute', nargs='?', const='pixel_encoder,pixel_decoder',
+                      default='', help='also run our trainer with activation recomputation '
+                      'of these parts (comma-separated; default: encoder and pixel decoder)')
   parser.add_argument('--skip_full', action='store_true')
   parser.add_argument('--skip_model', action='store_true')
   parser.add_argument('--skip_xla', action='store_true')
