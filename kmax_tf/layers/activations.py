@@ -56,15 +56,57 @@ def _gelu_keeping_input(x: tf.Tensor):
   y = 0.5 * x * tf.math.erfc(-x * _SQRT_HALF)
 
   def gradient(dy):
-    cdf = 0.5 * tf.math.erfc(-x * _SQRT_HALF)
-    pdf = tf.exp(-0.5 * tf.square(x)) * _INV_SQRT_2PI
-    return dy * (cdf + x * pdf)
+    # Not before dy: computed early, the derivative would be kept in place of x.
+    with tf.control_dependencies([dy]):
+      return dy * _gelu_derivative(x)
 
   return y, gradient
 
 
+def gradients_are_lean() -> bool:
+  """True inside `lean_gradients()`."""
+  return getattr(_LEAN, 'active', False)
+
+
+def _gelu_derivative(x: tf.Tensor) -> tf.Tensor:
+  cdf = 0.5 * tf.math.erfc(-x * _SQRT_HALF)
+  pdf = tf.exp(-0.5 * tf.square(x)) * _INV_SQRT_2PI
+  return cdf + x * pdf
+
+
+def gelu_recomputing_input(x: tf.Tensor, recompute: Callable[..., tf.Tensor],
+                           *sources: tf.Tensor) -> tf.Tensor:
+  """Exact GeLU of `x` whose gradient keeps `sources` instead of `x`.
+
+  For an input that is cheap to compute again from tensors the backward pass
+  keeps anyway (a BatchNorm output from the convolution output its own gradient
+  needs), so `x` is freed after the forward pass.
+
+  Args:
+    x: float tensor, equal (up to float rounding) to `recompute(*sources)`.
+    recompute: function of `sources` giving `x` again, in any float dtype.
+    *sources: its tensor arguments; they get no gradient from here.
+
+  Returns:
+    gelu(x), shaped and typed as `x`.
+  """
+
+  @tf.custom_gradient
+  def gelu(x, *sources):
+    def gradient(dy):
+      # Not before dy: the executor would otherwise run this as soon as
+      # `sources` exist, and keep a full-size derivative in place of `x`.
+      with tf.control_dependencies([dy]):
+        derivative = _gelu_derivative(recompute(*sources))
+      return [dy * tf.cast(derivative, dy.dtype)] + [None] * len(sources)
+
+    return 0.5 * x * tf.math.erfc(-x * _SQRT_HALF), gradient
+
+  return gelu(x, *sources)
+
+
 def _gelu(x: tf.Tensor) -> tf.Tensor:
-  if getattr(_LEAN, 'active', False):
+  if gradients_are_lean():
     return _gelu_keeping_input(x)
   return tf.nn.gelu(x, approximate=False)
 

@@ -19,6 +19,7 @@ from kmax_tf.keras_setup import keras
 from kmax_tf.layers import activations
 from kmax_tf.layers import checkpoint_names
 from kmax_tf.layers import fused_inference
+from kmax_tf.layers import lean_normalization
 
 NormLayerFn = Callable[..., keras.layers.Layer]
 
@@ -48,6 +49,10 @@ def _batch_norm_and_activation(layer: keras.layers.Layer, x: tf.Tensor, training
         x, layer._batch_norm, training, layer._activation)
     if fused is not None:
       return fused
+    if (layer._activation or '').lower() == 'gelu':
+      lean = lean_normalization.batch_norm_gelu(layer._batch_norm, x, training)
+      if lean is not None:
+        return lean
     x = layer._batch_norm(x, training=training)
   if layer._activation_fn is not None:
     x = layer._activation_fn(x)

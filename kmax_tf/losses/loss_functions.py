@@ -134,11 +134,15 @@ def _self_similarity_log_normalizer(features: tf.Tensor, temperature: float) -> 
     values = tf.reduce_logsumexp(logits, axis=-1)
 
     def gradient(d_values):
-      logits = tf.einsum('bkd,bjd->bkj', scaled, feature_values)
+      # Recomputed when d_values arrives, not as soon as the features exist.
+      with tf.control_dependencies([d_values]):
+        logits = tf.einsum('bkd,bjd->bkj', scaled, feature_values)
       d_logits = d_values[..., tf.newaxis] * tf.exp(logits - values[..., tf.newaxis])
-      # The logits are symmetric in the features: row and column terms.
-      d_logits += tf.transpose(d_logits, [0, 2, 1])
-      return tf.einsum('bkj,bjd->bkd', d_logits, feature_values) / temperature
+      # Each feature is in a row and a column of the logits; the column term
+      # contracts d_logits over its first axis (no transposed copy).
+      d_rows = tf.einsum('bkj,bjd->bkd', d_logits, feature_values)
+      d_columns = tf.einsum('bjk,bjd->bkd', d_logits, feature_values)
+      return (d_rows + d_columns) / temperature
 
     return values, gradient
 
