@@ -63,6 +63,26 @@ def test_lean_gelu_has_plain_values_and_gradient_and_keeps_only_its_input(dtype)
   assert [t.op.type for t in kept] == ['Placeholder']
 
 
+@tf.custom_gradient
+def _gelu_recomputing_without_waiting(x):
+  def gradient(dy):
+    return dy * (0.5 * tf.math.erfc(-x * 0.7071) + x * tf.exp(-0.5 * x * x) * 0.3989)
+  return 0.5 * x * tf.math.erfc(-x * 0.7071), gradient
+
+
+def _full_size_before_upstream_gradient(fn, x):
+  return [t.op.type for t in backward_tensors.computed_before_upstream_gradient(
+      lambda v: tf.reduce_sum(fn(v)), x) if t.shape == x.shape]
+
+
+def test_lean_gelu_derivative_waits_for_the_upstream_gradient():
+  # Computed early, the derivative would be held through the backward pass in place of x.
+  x = tf.constant(np.linspace(-5.0, 5.0, 101), tf.float32)
+  assert _full_size_before_upstream_gradient(_gelu_recomputing_without_waiting, x)
+  with activations.lean_gradients():
+    assert _full_size_before_upstream_gradient(activations.get_activation('gelu'), x) == []
+
+
 def test_gelu_outside_lean_gradients_is_the_plain_op():
   graph = tf.function(activations.get_activation('gelu')).get_concrete_function(
       tf.TensorSpec([4], tf.float32)).graph

@@ -91,6 +91,20 @@ def test_lean_batch_norm_gelu_keeps_the_convolution_output_not_the_normalized_on
   assert kept == (['Conv2D', 'IdentityN'] if rank == 4 else ['IdentityN', 'Squeeze'])
 
 
+@pytest.mark.parametrize('rank', [4, 3])
+def test_lean_batch_norm_gelu_recomputes_only_once_the_upstream_gradient_arrives(rank):
+  layer = _conv_bn_gelu(rank=rank)
+  shape = [2, 9, 9, 4][:rank - 1] + [4]
+  x = tf.constant(np.random.RandomState(2).normal(size=shape).astype(np.float32))
+
+  def loss(x):
+    with activations.lean_gradients():
+      return tf.reduce_sum(tf.square(layer(x, training=True)))
+
+  early = backward_tensors.computed_before_upstream_gradient(loss, x)
+  assert [t.op.type for t in early if t.shape == shape[:-1] + [8]] == []
+
+
 def test_synchronized_batch_norm_keeps_its_output():
   # Synchronized moments are global: the backward pass could not recompute them locally.
   # Its normalized output (an AddV2) is kept for the GeLU gradient.

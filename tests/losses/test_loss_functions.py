@@ -52,3 +52,12 @@ def test_only_the_plain_composition_keeps_square_tensors_for_the_backward_pass(l
       lambda x: tf.reduce_sum(fn(x, targets, 0.3)), features)
   square = [t.name for t in kept if t.shape.num_elements() == 256 * 256]
   assert bool(square) != lean, square
+
+
+def test_the_similarities_are_recomputed_only_once_the_upstream_gradient_arrives():
+  features = tf.random.normal([1, 256, 8])
+  targets = tf.random.uniform([1, 256], 0, 4, tf.int32)
+  early = backward_tensors.computed_before_upstream_gradient(
+      lambda x: tf.reduce_sum(loss_functions.self_similarity_cross_entropy(
+          x, targets, 0.3, num_ids=4)), features)
+  assert [t.name for t in early if t.shape.num_elements() >= 256 * 8] == []
