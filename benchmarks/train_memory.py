@@ -96,6 +96,8 @@ def main():
     print(_RESULT_PREFIX + json.dumps(_measure(args.child, args.crop)), flush=True)
     return
 
+  if args.repeats < 1:
+    sys.exit(f'--repeats={args.repeats}: at least one run is needed')
   cases = {'kmax_tf (this checkout)': str(REPO)}
   if args.baseline_repo:
     baseline = os.path.abspath(args.baseline_repo)

@@ -71,8 +71,8 @@ def test_lean_batch_norm_gelu_has_plain_values_gradients_and_statistics(rank):
     np.testing.assert_array_equal(lean, plain)
 
 
-def _kept_full_size(layer, rank=4):
-  """Op types of the full-size forward outputs that d loss / d x reads, lean."""
+def _full_size_backward_tensors(analysis, layer, rank=4):
+  """Op types of the full-size outputs `analysis` finds in the lean d loss / d x."""
   shape = [2, 9, 9, 4][:rank - 1] + [4]
   x = tf.constant(np.random.RandomState(1).normal(size=shape).astype(np.float32))
 
@@ -80,8 +80,12 @@ def _kept_full_size(layer, rank=4):
     with activations.lean_gradients():
       return tf.reduce_sum(tf.square(layer(x, training=True)))
 
-  kept = backward_tensors.kept_for_gradient(loss, x)
-  return sorted(t.op.type for t in kept if t.shape == shape[:-1] + [8])
+  return sorted(t.op.type for t in analysis(loss, x) if t.shape == shape[:-1] + [8])
+
+
+def _kept_full_size(layer, rank=4):
+  """Full-size forward outputs that the backward pass reads."""
+  return _full_size_backward_tensors(backward_tensors.kept_for_gradient, layer, rank)
 
 
 @pytest.mark.parametrize('rank', [4, 3])
@@ -93,16 +97,9 @@ def test_lean_batch_norm_gelu_keeps_the_convolution_output_not_the_normalized_on
 
 @pytest.mark.parametrize('rank', [4, 3])
 def test_lean_batch_norm_gelu_recomputes_only_once_the_upstream_gradient_arrives(rank):
-  layer = _conv_bn_gelu(rank=rank)
-  shape = [2, 9, 9, 4][:rank - 1] + [4]
-  x = tf.constant(np.random.RandomState(2).normal(size=shape).astype(np.float32))
-
-  def loss(x):
-    with activations.lean_gradients():
-      return tf.reduce_sum(tf.square(layer(x, training=True)))
-
-  early = backward_tensors.computed_before_upstream_gradient(loss, x)
-  assert [t.op.type for t in early if t.shape == shape[:-1] + [8]] == []
+  early = _full_size_backward_tensors(backward_tensors.computed_before_upstream_gradient,
+                                      _conv_bn_gelu(rank=rank), rank)
+  assert early == []
 
 
 def test_synchronized_batch_norm_keeps_its_output():
