@@ -5,7 +5,7 @@ augmentations, evaluator) except for crop, batch, step counts, intervals and dat
 records in each dataset's format: COCO from the DeepLab2 reference records, Cityscapes and ADE20K
 written by the project's converters from fake source trees. One config per dataset is also
 SIGKILLed after its first checkpoint and resumed, which must restore it and train only the
-remaining step.
+remaining step; so is COCO R50, the config of the README's training command.
 
 All 16 run by default, so CI runs them all. `KMAX_E2E_CONFIGS=coco/kmax_meta_r50,ade20k` runs
 only the configs whose path contains one of the comma-separated parts.
@@ -37,8 +37,9 @@ DATASETS = ('coco', 'cityscapes', 'ade20k')
 CONFIGS = [str(path.relative_to(REPO)) for dataset in DATASETS
            for path in sorted((REPO / 'configs' / dataset).glob('*.textproto'))]
 # Killed after ckpt-1 and resumed: one config per dataset, together covering the three backbone
-# families (ResNet-50, axial ResNet-50, ConvNeXt).
+# families (ResNet-50, axial ResNet-50, ConvNeXt), and the README's COCO R50 command.
 RESUMED = {'configs/coco/kmax_meta_convnext_tiny_os32.textproto',
+           'configs/coco/kmax_meta_r50_os32.textproto',
            'configs/cityscapes/kmax_meta_axial_r50_os32.textproto',
            'configs/ade20k/kmax_meta_r50_os32.textproto'}
 # Comma-separated parts of config paths to run; unset: all.
